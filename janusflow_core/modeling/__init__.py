@@ -1,0 +1,3 @@
+from .janusflow import JanusFlowModel, PromptState
+
+__all__ = ["JanusFlowModel", "PromptState"]
