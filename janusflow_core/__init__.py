@@ -1,0 +1,9 @@
+"""JanusFlow: one LLM that understands images and generates them with rectified flow."""
+
+from .checkpoint import JanusFlowBundle, load_pretrained, save_pretrained
+from .config import JanusFlowConfig
+from .modeling import JanusFlowModel
+from .pipelines import ChatPipeline, GenerationPipeline, GenerationResult
+
+__all__ = ["ChatPipeline", "GenerationPipeline", "GenerationResult", "JanusFlowBundle", "JanusFlowConfig",
+           "JanusFlowModel", "load_pretrained", "save_pretrained"]

@@ -1,0 +1,142 @@
+"""Text-to-image generation: prompt rows -> cached prefix -> CFG rectified-flow ODE -> VAE decode.
+
+Every Euler step is exposed (``iterate`` yields a StepState per step; ``__call__`` takes a callback),
+so a UI can preview the predicted clean image x̂1 = z_t + (1 - t) v while the sampler runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from ..checkpoint import JanusFlowBundle
+from ..modeling import PromptState
+from ..sampling import SOLVERS, StepState, cfg, integrate
+from ..vae import to_pil
+
+MAX_STEPS = 1000
+MAX_IMAGES = 16  # images per call; more is allowed by looping over calls
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    latents: torch.Tensor  # (B, C, h, w) final scaled latents, float32
+    prompt: str
+    seed: int
+    steps: int
+    cfg: float
+    sampler: str
+    interrupted: bool = False
+    steps_done: int = 0
+    seconds: float = 0.0
+
+
+class GenerationPipeline:
+    def __init__(self, bundle: JanusFlowBundle):
+        self.bundle = bundle
+        self.model = bundle.model
+        self.config = bundle.config
+
+    # 1. check inputs ---------------------------------------------------------------------------------
+    def check_inputs(self, prompt: str, steps: int | None, cfg_weight: float | None, num_images: int,
+                     sampler: str, seed: int) -> tuple[int, float]:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("the prompt is empty; describe the image to generate")
+        steps = int(self.bundle.sampling.get("steps", 30) if steps is None else steps)
+        cfg_weight = float(self.bundle.sampling.get("cfg", 2.0) if cfg_weight is None else cfg_weight)
+        if not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
+        if not (cfg_weight >= 0 and cfg_weight < float("inf")):
+            raise ValueError(f"cfg must be a finite number >= 0, got {cfg_weight}")
+        if not 1 <= int(num_images) <= MAX_IMAGES:
+            raise ValueError(f"num_images must be between 1 and {MAX_IMAGES}, got {num_images}")
+        if sampler not in SOLVERS:
+            raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SOLVERS)}")
+        if not 0 <= int(seed) < 2**63 - MAX_IMAGES:
+            raise ValueError(f"seed must be an integer between 0 and 2**63 - {MAX_IMAGES + 1}, got {seed}")
+        return steps, cfg_weight
+
+    # 2. noise -------------------------------------------------------------------------------------------
+    def initial_noise(self, seed: int, num_images: int) -> torch.Tensor:
+        """Image k gets its own generator seeded with seed + k, so it does not depend on num_images."""
+        c, s = self.config.latent_channels, self.config.gen_latent_size
+        z = [torch.randn(c, s, s, generator=torch.Generator().manual_seed(int(seed) + k)) for k in range(num_images)]
+        return torch.stack(z).to(self.model.device)  # (B, C, h, w), float32
+
+    # 3. prompt rows and their cached prefix ---------------------------------------------------------
+    def prompt_rows(self, prompt: str, num_images: int, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        limit = self.config.llm.max_position_embeddings - 1 - self.config.num_gen_tokens
+        ids = self.bundle.processor.encode_generation_prompt(prompt, max_length=limit)
+        tokens, mask = self.bundle.processor.cfg_rows(ids, num_images)
+        if not guided:  # w = 1: v_cfg == v_cond, the unconditional rows are not needed
+            tokens, mask = tokens[:num_images], mask[:num_images]
+        return tokens, mask
+
+    @torch.inference_mode()
+    def encode_prompt(self, tokens: torch.Tensor, mask: torch.Tensor, use_cache: bool = True) -> PromptState:
+        return self.model.prepare_prompt(tokens, mask, use_cache=use_cache)
+
+    # 4. guided velocity ------------------------------------------------------------------------------
+    def guided_velocity(self, prompt: PromptState, cfg_weight: float) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        guided = prompt.rows % 2 == 0 and cfg_weight != 1.0
+
+        @torch.inference_mode()
+        def velocity(z: torch.Tensor, t: float) -> torch.Tensor:
+            b = z.shape[0]
+            rows = torch.cat([z, z]) if guided else z  # cond and uncond rows share the latent
+            t_rows = torch.full((rows.shape[0],), t, device=z.device, dtype=torch.float32)
+            v = self.model.velocity(rows, t_rows, prompt).float()
+            return cfg(v[:b], v[b:], cfg_weight) if guided else v
+
+        return velocity
+
+    # 5. denoise ----------------------------------------------------------------------------------------
+    def iterate(self, prompt: str, steps: int | None = None, cfg: float | None = None, seed: int = 0,
+                num_images: int = 1, sampler: str = "euler", latents: torch.Tensor | None = None,
+                use_cache: bool = True) -> Iterator[StepState]:
+        """Yield one StepState per solver step (no decoding). The last state's z_next is the result."""
+        steps, cfg_weight = self.check_inputs(prompt, steps, cfg, num_images, sampler, seed)
+        guided = cfg_weight != 1.0
+        tokens, mask = self.prompt_rows(prompt, num_images, guided)
+        state = self.encode_prompt(tokens, mask, use_cache)
+        z0 = self.initial_noise(seed, num_images) if latents is None else latents.to(self.model.device).float()
+        yield from integrate(self.guided_velocity(state, cfg_weight), z0, steps, sampler)
+
+    # 6. decode ----------------------------------------------------------------------------------------
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        if self.bundle.vae is None:
+            raise RuntimeError("this bundle was loaded without a VAE; images cannot be decoded")
+        return to_pil(self.bundle.vae.decode(latents))
+
+    def preview(self, state: StepState, mode: str = "x1") -> list[Image.Image]:
+        """Decode a step for display: ``x1`` the predicted clean image, ``zt`` the noisy latent."""
+        if mode not in ("x1", "zt"):
+            raise ValueError(f"preview mode must be 'x1' or 'zt', got {mode!r}")
+        return self.decode(state.x1_hat if mode == "x1" else state.z_t)
+
+    def __call__(self, prompt: str, steps: int | None = None, cfg: float | None = None, seed: int = 0,
+                 num_images: int = 1, sampler: str = "euler", callback: Callable[[StepState], None] | None = None,
+                 interrupt: threading.Event | None = None, latents: torch.Tensor | None = None,
+                 use_cache: bool = True) -> GenerationResult:
+        """Generate ``num_images`` images. ``callback`` runs after every step; setting ``interrupt``
+        stops between steps (the result then holds the last predicted clean images)."""
+        start = time.perf_counter()
+        steps_n, cfg_weight = self.check_inputs(prompt, steps, cfg, num_images, sampler, seed)
+        last: StepState | None = None
+        interrupted = False
+        for last in self.iterate(prompt, steps_n, cfg_weight, seed, num_images, sampler, latents, use_cache):
+            if callback is not None:
+                callback(last)
+            if interrupt is not None and interrupt.is_set() and last.index + 1 < last.num_steps:
+                interrupted = True
+                break
+        final = last.x1_hat if interrupted else last.z_next
+        return GenerationResult(images=self.decode(final), latents=final, prompt=prompt, seed=seed, steps=steps_n,
+                                cfg=cfg_weight, sampler=sampler, interrupted=interrupted,
+                                steps_done=last.index + 1, seconds=time.perf_counter() - start)

@@ -1,0 +1,150 @@
+"""Multimodal chat: images + conversation -> streamed answer.
+
+The LLM decodes with transformers' ``generate`` (KV cache, greedy or temperature/top-p sampling) on
+the image-filled input embeddings; a streamer hands out text pieces as they are decoded and a stop
+event ends generation within one token.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from ..checkpoint import JanusFlowBundle
+from ..processing import BatchedInputs
+
+Message = Mapping[str, Any]
+
+
+class _StopOnEvent(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _CountingStreamer(TextIteratorStreamer):
+    """TextIteratorStreamer that also counts the generated tokens."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.new_tokens = 0
+        self._seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self._seen_prompt:  # the first put() is the prompt (empty with inputs_embeds)
+            self.new_tokens += int(value.numel())
+        self._seen_prompt = True
+        super().put(value)
+
+
+def generate_tokens(bundle: JanusFlowBundle, batch: BatchedInputs, max_new_tokens: int, temperature: float = 0.0,
+                    top_p: float = 1.0, streamer: Any = None, stop_event: threading.Event | None = None,
+                    output_scores: bool = False) -> Any:
+    """Run the LLM's ``generate`` on a processed batch. Greedy when temperature is 0."""
+    model, special = bundle.model, bundle.processor.special_tokens
+    batch = batch.to(model.device)
+    with torch.inference_mode():
+        embeds = model.prepare_inputs_embeds(batch.input_ids, batch.pixel_values, batch.images_seq_mask,
+                                             batch.images_emb_mask)
+        sampling = {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p)} \
+            if temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None}
+        return model.language_model.generate(
+            inputs_embeds=embeds, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
+            pad_token_id=special.pad, eos_token_id=special.eos, bos_token_id=special.bos, use_cache=True,
+            streamer=streamer, top_k=None,
+            stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop_event)]) if stop_event else None,
+            output_scores=output_scores, return_dict_in_generate=output_scores, **sampling)
+
+
+class ChatPipeline:
+    MAX_NEW_TOKENS = 4096
+
+    def __init__(self, bundle: JanusFlowBundle):
+        if bundle.processor is None:
+            raise ValueError("chat needs a processor (tokenizer + image settings); load the bundle with one")
+        self.bundle = bundle
+        self.processor = bundle.processor
+        self.model = bundle.model
+
+    def _context_limit(self) -> int:
+        return self.bundle.config.llm.max_position_embeddings
+
+    def prepare(self, conversations: Sequence[Sequence[Message]], images: Sequence[Sequence[Any] | None] | None = None,
+                system_prompt: str | None = None) -> BatchedInputs:
+        return self.processor(list(conversations), images, system_prompt=system_prompt,
+                              max_length=self._context_limit() - 1)
+
+    def _check(self, max_new_tokens: int, temperature: float, top_p: float) -> None:
+        if not 1 <= int(max_new_tokens) <= self.MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens must be between 1 and {self.MAX_NEW_TOKENS}, got {max_new_tokens}")
+        if not 0 <= float(temperature) <= 5:
+            raise ValueError(f"temperature must be between 0 and 5, got {temperature}")
+        if not 0 < float(top_p) <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+    def stream(self, messages: Sequence[Message], images: Sequence[Any] | None = None, *, max_new_tokens: int = 512,
+               temperature: float = 0.0, top_p: float = 0.95, seed: int | None = None,
+               stop_event: threading.Event | None = None, system_prompt: str | None = None,
+               stats: dict[str, Any] | None = None) -> Iterator[str]:
+        """Yield the answer's text pieces as they are decoded. ``stats`` (if given) is filled at the end
+        with prompt_tokens, new_tokens, seconds and tokens_per_s."""
+        self._check(max_new_tokens, temperature, top_p)
+        batch = self.prepare([messages], [images] if images is not None else None, system_prompt)
+        prompt_len = batch.input_ids.shape[1]
+        max_new = min(int(max_new_tokens), self._context_limit() - prompt_len)
+        tok = self.processor.tokenizer
+        streamer = _CountingStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        stop_event = stop_event or threading.Event()
+        error: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    if seed is not None:
+                        torch.manual_seed(int(seed))
+                    generate_tokens(self.bundle, batch, max_new, temperature, top_p, streamer, stop_event)
+            except BaseException as exc:  # surfaced in the caller's thread below
+                error.append(exc)
+                streamer.end()
+
+        start = time.perf_counter()
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            stop_event.set() if worker.is_alive() else None
+            worker.join()
+        if error:
+            raise error[0]
+        seconds = time.perf_counter() - start
+        if stats is not None:
+            n = streamer.new_tokens
+            stats.update(prompt_tokens=prompt_len, new_tokens=n, seconds=seconds,
+                         tokens_per_s=n / seconds if seconds > 0 else 0.0)
+
+    def chat(self, messages: Sequence[Message], images: Sequence[Any] | None = None, **kwargs: Any) -> str:
+        return "".join(self.stream(messages, images, **kwargs))
+
+    def answer(self, question: str, images: Sequence[Any] | None = None, **kwargs: Any) -> str:
+        """One question about zero or more images; greedy by default."""
+        kwargs.setdefault("max_new_tokens", 64)
+        return self.chat([{"role": "user", "content": question}], images, **kwargs).strip()
+
+    def answer_batch(self, questions: Sequence[str], images: Sequence[Sequence[Any] | None],
+                     max_new_tokens: int = 64) -> list[str]:
+        """Greedy answers for many (question, images) pairs in one left-padded batch."""
+        self._check(max_new_tokens, 0.0, 1.0)
+        convs = [[{"role": "user", "content": q}] for q in questions]
+        batch = self.prepare(convs, [list(i) if i else None for i in images])
+        out = generate_tokens(self.bundle, batch, max_new_tokens)
+        return [s.strip() for s in self.processor.decode(out, skip_special_tokens=True)]

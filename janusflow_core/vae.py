@@ -1,0 +1,85 @@
+"""The VAE adapter: diffusers ``AutoencoderKL`` with its latent scaling, and a dtype guard.
+
+JanusFlow works on *scaled* latents: ``latent = scaling_factor * (posterior - shift)``; decoding divides
+by the scaling factor first (SPEC 5.5; SDXL-VAE: 0.13025, no shift).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+class VAE:
+    def __init__(self, autoencoder: AutoencoderKL):
+        self.autoencoder = autoencoder.eval().requires_grad_(False)
+        cfg = autoencoder.config
+        self.scaling_factor = float(cfg.scaling_factor)
+        self.shift_factor = float(getattr(cfg, "shift_factor", None) or 0.0)
+        self.downsample = 2 ** (len(cfg.block_out_channels) - 1)
+        self.latent_channels = int(cfg.latent_channels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.autoencoder.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.autoencoder.parameters()).dtype
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32) -> VAE:
+        from .hub import resolve_folder
+
+        folder = resolve_folder(path_or_id, what="VAE", allow_patterns=["config.json", "*.safetensors"])
+        autoencoder = AutoencoderKL.from_pretrained(folder)
+        return cls(autoencoder.to(device=device, dtype=safe_vae_dtype(dtype, device)))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, sample: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/f, W/f) in float32."""
+        dist = self.autoencoder.encode(images.to(self.device, self.dtype)).latent_dist
+        z = dist.sample(generator) if sample else dist.mean
+        return ((z.float() - self.shift_factor) * self.scaling_factor)
+
+    def encode_with_grad(self, images: torch.Tensor) -> torch.Tensor:
+        z = self.autoencoder.encode(images.to(self.device, self.dtype)).latent_dist.mean
+        return (z.float() - self.shift_factor) * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images (B, 3, H, W) in [-1, 1], float32."""
+        z = latents.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
+        return self.autoencoder.decode(z).sample.float().clamp(-1, 1)
+
+
+def safe_vae_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The SDXL VAE overflows in float16 (its decoder's activations exceed 65504; the official code
+    keeps it in bf16 for that reason). fp16 requests run it in bf16 where the device has bf16, else fp32."""
+    if dtype != torch.float16:
+        return dtype
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        choice = torch.bfloat16
+    elif dev.type == "cpu":
+        choice = torch.bfloat16
+    else:
+        choice = torch.float32
+    log.info("VAE runs in %s instead of float16 (the SDXL VAE overflows in float16)", choice)
+    return choice
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> PIL RGB images, rounding to the nearest uint8."""
+    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    arr = arr.permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
