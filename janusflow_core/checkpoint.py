@@ -218,7 +218,14 @@ def load_pretrained(path_or_id: str | Path | None = None, *, device: str | torch
     if with_processor:
         from .processing import JanusFlowProcessor
 
-        processor = JanusFlowProcessor.from_pretrained(folder)
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # AutoTokenizer peeks at our config.json and warns about its model_type
+        try:
+            processor = JanusFlowProcessor.from_pretrained(folder)
+        finally:
+            hf_logging.set_verbosity(level)
         if processor.num_image_tokens != config.num_und_tokens:
             raise CheckpointError(f"processor_config.json says num_image_tokens={processor.num_image_tokens} "
                                   f"but the understanding encoder makes {config.num_und_tokens} tokens")

@@ -40,8 +40,8 @@ class VAE:
         from .hub import resolve_folder
 
         folder = resolve_folder(path_or_id, what="VAE", allow_patterns=["config.json", "*.safetensors"])
-        autoencoder = AutoencoderKL.from_pretrained(folder)
-        return cls(autoencoder.to(device=device, dtype=safe_vae_dtype(dtype, device)))
+        autoencoder = AutoencoderKL.from_pretrained(folder, torch_dtype=safe_vae_dtype(dtype, device))
+        return cls(autoencoder.to(device=device))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, sample: bool = False,
