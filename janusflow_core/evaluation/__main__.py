@@ -1,8 +1,8 @@
 """Command line for the shapes-world benchmarks.
 
-    python -m janusflow_core.evaluation geneval --model M [--per-task 24] [--images-per-prompt 1]
+    python -m janusflow_core.evaluation geneval [--model M] [--per-task 24] [--images-per-prompt 1]
         [--steps S] [--cfg W] [--seed 0] [--split test] [--out report.json] [--save-images DIR]
-    python -m janusflow_core.evaluation vqa --model M [--n 200] [--seed 0] [--out report.json]
+    python -m janusflow_core.evaluation vqa [--model M] [--n 200] [--seed 0] [--out report.json]
 
 A readable table goes to stderr; the JSON report to ``--out``, or to stdout without it.
 """
@@ -23,10 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     benchmarks_help = (("geneval", "GenEval-style generation benchmark"), ("vqa", "one-word VQA benchmark"))
     for name, help_text in benchmarks_help:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--model", required=True, help="checkpoint folder or hub id")
+        p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the embedded model)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default=None)
-        p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+        p.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16 or float16")
         p.add_argument("--out", default=None, help="write the JSON report here instead of stdout")
         p.add_argument("--quiet", action="store_true", help="no progress lines")
         if name == "geneval":

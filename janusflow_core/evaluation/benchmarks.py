@@ -176,18 +176,14 @@ def dump(report: dict, out: str | Path | None) -> str:
 # --- adapters to the real pipelines ---------------------------------------------------------
 
 
-def _bundle(model: str, device: str | None, dtype: str | None):
+def _bundle(model: str | None, device: str | None, dtype: str | None):
     from janusflow_core import load_pretrained
 
-    if dtype is not None:
-        import torch
-
-        dtype = getattr(torch, dtype)
-    return load_pretrained(model, device=device, dtype=dtype)
+    return load_pretrained(model, device=device or "auto", dtype=dtype or "auto")
 
 
 def make_generator(
-    model: str,
+    model: str | None,
     device: str | None = None,
     dtype: str | None = None,
     steps: int | None = None,
@@ -205,7 +201,7 @@ def make_generator(
 
 
 def make_answerer(
-    model: str, device: str | None = None, dtype: str | None = None, max_new_tokens: int = 16
+    model: str | None, device: str | None = None, dtype: str | None = None, max_new_tokens: int = 16
 ) -> Answerer:
     """``ChatPipeline.answer`` (greedy) as an Answerer."""
     from janusflow_core import ChatPipeline
