@@ -84,15 +84,16 @@ class GenerationPipeline:
 
     # 4. guided velocity ------------------------------------------------------------------------------
     def guided_velocity(self, prompt: PromptState, cfg_weight: float) -> Callable[[torch.Tensor, float], torch.Tensor]:
-        guided = prompt.rows % 2 == 0 and cfg_weight != 1.0
-
         @torch.inference_mode()
         def velocity(z: torch.Tensor, t: float) -> torch.Tensor:
             b = z.shape[0]
-            rows = torch.cat([z, z]) if guided else z  # cond and uncond rows share the latent
+            paired = prompt.rows == 2 * b  # cond rows then uncond rows; else cond rows only (w = 1)
+            if not paired and prompt.rows != b:
+                raise ValueError(f"{b} latents do not fit a prompt of {prompt.rows} rows")
+            rows = torch.cat([z, z]) if paired else z  # cond and uncond rows share the latent
             t_rows = torch.full((rows.shape[0],), t, device=z.device, dtype=torch.float32)
             v = self.model.velocity(rows, t_rows, prompt).float()
-            return cfg(v[:b], v[b:], cfg_weight) if guided else v
+            return cfg(v[:b], v[b:], cfg_weight) if paired else v
 
         return velocity
 

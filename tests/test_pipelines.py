@@ -1,0 +1,186 @@
+"""Generation and chat pipelines on a tiny random model."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from PIL import Image
+
+from janusflow_core import ChatPipeline, GenerationPipeline
+from janusflow_core.pipelines import MAX_IMAGES
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_bundle):
+    return GenerationPipeline(tiny_bundle)
+
+
+def _final(gen, **kw):
+    return list(gen.iterate("a red circle", **kw))[-1].z_next
+
+
+def test_cached_prompt_prefix_gives_the_uncached_trajectory(gen):
+    cached = list(gen.iterate("a red circle left of a blue square", steps=5, cfg=3.0, seed=4, num_images=2))
+    full = list(gen.iterate("a red circle left of a blue square", steps=5, cfg=3.0, seed=4, num_images=2,
+                            use_cache=False))
+    for a, b in zip(cached, full):
+        torch.testing.assert_close(a.z_next, b.z_next, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.velocity, b.velocity, atol=1e-5, rtol=0)
+
+
+def test_prompt_is_encoded_once_per_generation(gen, monkeypatch):
+    calls = []
+    real = gen.model.prepare_prompt
+    monkeypatch.setattr(gen.model, "prepare_prompt", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _final(gen, steps=6, seed=0)
+    assert len(calls) == 1
+
+
+def test_image_k_of_a_seed_does_not_depend_on_num_images(gen):
+    four = _final(gen, steps=3, seed=10, num_images=4)
+    one = _final(gen, steps=3, seed=12, num_images=1)
+    torch.testing.assert_close(four[2], one[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(four[0], four[1])
+
+
+def test_cfg_one_skips_unconditional_rows_with_the_same_result(gen):
+    state = gen.encode_prompt(*gen.prompt_rows("a square", 1, guided=True))
+    z = torch.randn(1, 4, 8, 8)
+    both = gen.guided_velocity(state, 1.0)(z, 0.3)  # rows present, w = 1
+    cond_only = gen.guided_velocity(gen.encode_prompt(*gen.prompt_rows("a square", 1, guided=False)), 1.0)(z, 0.3)
+    torch.testing.assert_close(both, cond_only, atol=1e-5, rtol=0)
+    guided = gen.guided_velocity(state, 3.0)(z, 0.3)
+    assert not torch.allclose(guided, cond_only, atol=1e-4)
+
+
+def test_callback_per_step_interrupt_and_images(gen):
+    seen = []
+    stop = threading.Event()
+
+    def cb(s):
+        seen.append((s.index, s.t))
+        if s.index == 1:
+            stop.set()
+
+    result = gen("a triangle", steps=6, seed=1, num_images=2, callback=cb, interrupt=stop)
+    assert result.interrupted and result.steps_done == 2 and len(seen) == 2
+    assert len(result.images) == 2 and result.images[0].size == (32, 32)
+    full = gen("a triangle", steps=3, seed=1, callback=lambda s: seen.append(s.index))
+    assert not full.interrupted and full.steps_done == 3
+    assert full.steps == 3 and full.cfg == 2.0
+
+
+def test_previews_decode_x1_and_zt(gen):
+    state = next(iter(gen.iterate("a circle", steps=2, seed=0)))
+    x1, zt = gen.preview(state, "x1")[0], gen.preview(state, "zt")[0]
+    assert x1.size == zt.size == (32, 32) and x1.tobytes() != zt.tobytes()
+    with pytest.raises(ValueError, match="'x1' or 'zt'"):
+        gen.preview(state, "sharp")
+
+
+def test_defaults_come_from_the_model_sampling_settings(gen):
+    states = list(gen.iterate("a circle", seed=0))
+    assert len(states) == gen.bundle.sampling["steps"] == 4
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"steps": 0}, "steps must be between 1 and 1000"),
+    ({"steps": 1001}, "steps must be between 1 and 1000"),
+    ({"cfg": -0.5}, "cfg must be a finite number >= 0"),
+    ({"cfg": float("nan")}, "cfg must be a finite number >= 0"),
+    ({"num_images": 0}, f"num_images must be between 1 and {MAX_IMAGES}"),
+    ({"num_images": MAX_IMAGES + 1}, f"num_images must be between 1 and {MAX_IMAGES}"),
+    ({"sampler": "dpm"}, "allowed: euler, heun"),
+    ({"seed": -1}, "seed must be an integer"),
+])
+def test_bad_generation_arguments_are_clear_errors(gen, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        gen("a circle", **kwargs)
+
+
+def test_empty_and_overlong_prompts(gen):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        gen("   ")
+    limit = gen.config.llm.max_position_embeddings - 1 - gen.config.num_gen_tokens
+    with pytest.raises(ValueError, match=f"the limit is {limit}"):
+        gen("circle " * 600)
+
+
+def test_nan_in_latent_stops_with_an_error(gen, monkeypatch):
+    monkeypatch.setattr(gen.model, "velocity", lambda z, t, p: torch.full_like(z, float("inf")))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        gen("a circle", steps=3)
+
+
+# -- chat --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chat(tiny_bundle):
+    return ChatPipeline(tiny_bundle)
+
+
+def test_chat_streams_pieces_and_matches_batch_greedy(chat):
+    img = Image.new("RGB", (40, 20), (220, 30, 30))
+    stats = {}
+    pieces = list(chat.stream([{"role": "user", "content": "what color is the circle?"}], [img],
+                              max_new_tokens=12, stats=stats))
+    assert stats["new_tokens"] == 12 and stats["tokens_per_s"] > 0
+    assert len(pieces) >= 1
+    batch = chat.answer_batch(["what color is the circle?"], [[img]], max_new_tokens=12)
+    assert batch[0] == "".join(pieces).strip()
+
+
+def test_chat_stop_event_ends_within_one_token(chat):
+    stop = threading.Event()
+    stats = {}
+    stop.set()  # a Stop that arrives before the first token: generation ends after at most one
+    list(chat.stream([{"role": "user", "content": "describe"}], None, max_new_tokens=200, stop_event=stop,
+                     stats=stats))
+    assert stats["new_tokens"] <= 1
+    stats2 = {}
+    list(chat.stream([{"role": "user", "content": "describe"}], None, max_new_tokens=20, stats=stats2))
+    assert stats2["new_tokens"] == 20
+
+
+def test_multi_turn_and_several_images(chat):
+    red, blue = Image.new("RGB", (30, 30), "red"), Image.new("RGB", (30, 30), "blue")
+    msgs = [{"role": "user", "content": "first", "images": [red]}, {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "and this?", "images": [blue]}]
+    batch = chat.prepare([msgs])
+    assert batch.images_emb_mask.shape[:2] == (1, 2) and int(batch.images_seq_mask.sum()) == 2 * 17
+    a = chat.chat(msgs, max_new_tokens=4)
+    b = chat.chat(msgs[:1], max_new_tokens=4)
+    assert isinstance(a, str) and isinstance(b, str)
+
+
+def test_sampling_is_seeded(chat):
+    msgs = [{"role": "user", "content": "describe the image"}]
+    a = chat.chat(msgs, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
+    b = chat.chat(msgs, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
+    assert a == b
+
+
+def test_image_token_count_mismatch_raises(tiny_bundle):
+    m = tiny_bundle.model
+    ids = torch.zeros(1, 5, dtype=torch.long)
+    seq = torch.tensor([[False, True, True, False, False]])
+    emb = torch.ones(1, 1, m.config.num_und_tokens + 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match="image token count mismatch"):
+        m.prepare_inputs_embeds(ids, torch.zeros(1, 1, 3, 32, 32), seq, emb)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"max_new_tokens": 0}, "max_new_tokens must be between"),
+    ({"temperature": -1}, "temperature must be between"),
+    ({"top_p": 0}, "top_p must be in"),
+])
+def test_bad_chat_arguments(chat, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        list(chat.stream([{"role": "user", "content": "hi"}], None, **kwargs))
+
+
+def test_chat_prompt_longer_than_context_says_the_limit(chat):
+    with pytest.raises(ValueError, match="the limit is"):
+        chat.answer("circle " * 2000)
