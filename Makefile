@@ -1,0 +1,36 @@
+# `make run`: set up (once) and start the app with the embedded model. `make test`: set up, run every test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: setup run test lint bench conformance train clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) app.py $(ARGS)
+
+test: setup
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check janusflow_core app tests bench app.py
+
+conformance: setup
+	$(PY) -m janusflow_core.conformance ../shared/fixtures/official-tiny-a out/conformance-a.safetensors
+
+bench: setup
+	$(PY) bench/bench_core.py
+
+train: setup
+	$(PY) -m janusflow_core.training.shapes_recipe --out assets/janusflow-shapes
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

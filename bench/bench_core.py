@@ -1,0 +1,184 @@
+"""Core benchmark at the FULL JanusFlow-1.3B architecture with random weights (no download needed).
+
+Measures, in one run so that the ratios are comparable on a noisy machine:
+  * the machine's bf16 GEMM throughput (LLM-shaped matmuls) and memory bandwidth;
+  * one CFG Euler step (B images, 2B rows) with the prompt KV cache and without it (the official loop);
+  * the step's model-FLOPs utilisation against the measured GEMM throughput;
+  * understanding prefill (1 image + a question) and decode tokens/s against a bandwidth bound;
+  * peak resident memory.
+
+    python bench/bench_core.py [--dtype bf16] [--images 1] [--repeats 3] [--out bench/results/core.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from janusflow_core.config import PRESETS  # noqa: E402
+from janusflow_core.modeling import JanusFlowModel  # noqa: E402
+from janusflow_core.modeling.llm import reset_rope_buffers  # noqa: E402
+from janusflow_core.sampling import cfg  # noqa: E402
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def gemm_throughput(dtype: torch.dtype, m: int, k: int, n: int, repeats: int = 5) -> float:
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    sec = timed(lambda: a @ b, repeats, warmup=2)
+    return 2 * m * k * n / sec
+
+
+def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Bytes/s of a streaming read (float32 sum over a buffer far larger than the caches)."""
+    x = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32)
+    sec = timed(lambda: x.sum(), repeats, warmup=1)
+    return x.numel() * 4 / sec
+
+
+def build_random(dtype: torch.dtype, preset: str = "janusflow-1.3b") -> JanusFlowModel:
+    with torch.device("meta"):
+        model = JanusFlowModel(PRESETS[preset]())
+    model.to_empty(device="cpu")
+    model.to(dtype)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 or "norm" in name:
+                p.fill_(1.0) if "weight" in name else p.zero_()
+            else:
+                p.normal_(0, 0.02, generator=g)
+    reset_rope_buffers(model.language_model, "cpu")
+    return model.eval().requires_grad_(False)
+
+
+def step_flops(model: JanusFlowModel, rows: int, prompt: int, cached: bool) -> float:
+    """Matmul FLOPs of one velocity evaluation (LLM linears + attention + U-ViT), 2 per multiply-add."""
+    c = model.config
+    d, layers, ffn = c.llm.hidden_size, c.llm.num_hidden_layers, c.llm.intermediate_size
+    g = c.num_gen_tokens
+    new = 1 + g if cached else prompt + 1 + g
+    ctx = prompt + 1 + g
+    per_token_linear = layers * (4 * d * d + 3 * d * ffn)
+    attn = layers * 2 * 2 * new * ctx * d  # q.k and p.v, causal ignored (upper bound)
+    llm = rows * (2 * new * per_token_linear + attn)
+    uvit = sum(2 * p.numel() for n, p in model.named_parameters()
+               if n.startswith(("vision_gen_enc_model.mid_block", "vision_gen_dec_model.mid_block"))
+               and p.ndim == 2) * rows * g
+    aligners = rows * g * 2 * (2 * d * c.gen_dec.in_channels)
+    return llm + uvit + aligners
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--preset", default="janusflow-1.3b", choices=sorted(PRESETS), help="tiny: a quick smoke run")
+    ap.add_argument("--images", type=int, default=1, help="images per generation step (CFG rows = 2x)")
+    ap.add_argument("--prompt-tokens", type=int, default=29, help="generation prompt length (SPEC 7 used 29)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/core.json"))
+    args = ap.parse_args()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    torch.manual_seed(0)
+    res: dict = {"preset": args.preset, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+                 "torch": torch.__version__, "dtype": args.dtype}
+
+    t = time.perf_counter()
+    model = build_random(dtype, args.preset)
+    res["build_s"] = time.perf_counter() - t
+    c = model.config
+    d = c.llm.hidden_size
+    b, p = args.images, args.prompt_tokens
+    rows = 2 * b
+
+    res["gemm_flops"] = gemm_throughput(dtype, rows * (1 + c.num_gen_tokens), d, c.llm.intermediate_size)
+    res["bandwidth_Bps"] = memory_bandwidth()
+
+    tokens = torch.randint(0, min(1000, c.llm.vocab_size), (rows, p))
+    mask = torch.ones(rows, p, dtype=torch.long)
+    mask[b:, 1:] = 0
+    z = torch.randn(b, c.latent_channels, c.gen_latent_size, c.gen_latent_size)
+
+    def one_step(cached: bool):
+        state = model.prepare_prompt(tokens, mask, use_cache=cached) if not cached else prompt_state
+        v = model.velocity(torch.cat([z, z]), torch.full((rows,), 0.5), state).float()
+        return z + (1 / 30) * cfg(v[:b], v[b:], 2.0)
+
+    with torch.inference_mode():
+        prompt_state = model.prepare_prompt(tokens, mask, use_cache=True)
+        res["step_cached_s"] = timed(lambda: one_step(True), args.repeats)
+        res["step_uncached_s"] = timed(lambda: one_step(False), args.repeats)
+        res["prompt_prefill_s"] = timed(lambda: model.prepare_prompt(tokens, mask, use_cache=True), args.repeats)
+    res["step_cached_flops"] = step_flops(model, rows, p, cached=True)
+    res["step_uncached_flops"] = step_flops(model, rows, p, cached=False)
+    res["mfu_cached"] = res["step_cached_flops"] / res["step_cached_s"] / res["gemm_flops"]
+    res["mfu_uncached"] = res["step_uncached_flops"] / res["step_uncached_s"] / res["gemm_flops"]
+
+    # understanding: 1 image (N + 2 positions) + ~30 text tokens, then greedy decode with the KV cache
+    n_text = 30
+    ids = torch.randint(0, min(1000, c.llm.vocab_size), (1, n_text + c.num_und_tokens + 2))
+    seq_mask = torch.zeros_like(ids, dtype=torch.bool)
+    seq_mask[0, 5:5 + c.num_und_tokens + 1] = True
+    emb_mask = torch.ones(1, 1, c.num_und_tokens + 1, dtype=torch.bool)
+    pixels = torch.randn(1, 1, 3, c.siglip.image_size, c.siglip.image_size)
+    attn = torch.ones_like(ids)
+    lm = model.language_model
+    with torch.inference_mode():
+        def prefill():
+            e = model.prepare_inputs_embeds(ids, pixels, seq_mask, emb_mask)
+            return lm(inputs_embeds=e, attention_mask=attn, use_cache=True, logits_to_keep=1)
+
+        res["und_prefill_s"] = timed(prefill, args.repeats)
+        res["und_prompt_tokens"] = ids.shape[1]
+        embeds = model.prepare_inputs_embeds(ids, pixels, seq_mask, emb_mask)
+
+        def decode(n):
+            return lm.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=n, min_new_tokens=n,
+                               do_sample=False, pad_token_id=0, eos_token_id=None)
+
+        t1 = timed(lambda: decode(1), 1)
+        tn = timed(lambda: decode(args.decode_tokens + 1), 1)
+    res["decode_tokens_per_s"] = args.decode_tokens / (tn - t1)
+    # bytes read per decoded token: every decoder-layer weight, the final norm and lm_head (not the embedding table)
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    res["decode_bound_tokens_per_s"] = res["bandwidth_Bps"] / weight_bytes
+    res["decode_fraction_of_bound"] = res["decode_tokens_per_s"] / res["decode_bound_tokens_per_s"]
+    res["peak_rss_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+    print(f"| measure | value |\n|---|---|\n"
+          f"| bf16 GEMM throughput (LLM-shaped) | {res['gemm_flops'] / 1e12:.2f} TFLOP/s |\n"
+          f"| memory bandwidth (streaming read) | {res['bandwidth_Bps'] / 1e9:.1f} GB/s |\n"
+          f"| CFG Euler step, {b} image(s), prompt cache | {res['step_cached_s']:.2f} s (MFU {res['mfu_cached']:.0%}) |\n"
+          f"| same step, full recompute (official loop) | {res['step_uncached_s']:.2f} s "
+          f"(MFU {res['mfu_uncached']:.0%}) |\n"
+          f"| prompt prefix, computed once | {res['prompt_prefill_s']:.3f} s |\n"
+          f"| understanding prefill, {res['und_prompt_tokens']} tokens | {res['und_prefill_s']:.2f} s |\n"
+          f"| decode | {res['decode_tokens_per_s']:.2f} tok/s (bound {res['decode_bound_tokens_per_s']:.2f}, "
+          f"{res['decode_fraction_of_bound']:.0%}) |\n"
+          f"| peak RSS | {res['peak_rss_GiB']:.1f} GiB |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
