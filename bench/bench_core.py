@@ -99,8 +99,8 @@ def main() -> int:
     args = ap.parse_args()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     torch.manual_seed(0)
-    res: dict = {"preset": args.preset, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                 "torch": torch.__version__, "dtype": args.dtype}
+    res: dict = {"preset": args.preset, "threads": torch.get_num_threads(),
+                 "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "dtype": args.dtype}
 
     t = time.perf_counter()
     model = build_random(dtype, args.preset)
@@ -169,7 +169,8 @@ def main() -> int:
     print(f"| measure | value |\n|---|---|\n"
           f"| bf16 GEMM throughput (LLM-shaped) | {res['gemm_flops'] / 1e12:.2f} TFLOP/s |\n"
           f"| memory bandwidth (streaming read) | {res['bandwidth_Bps'] / 1e9:.1f} GB/s |\n"
-          f"| CFG Euler step, {b} image(s), prompt cache | {res['step_cached_s']:.2f} s (MFU {res['mfu_cached']:.0%}) |\n"
+          f"| CFG Euler step, {b} image(s), prompt cache | {res['step_cached_s']:.2f} s "
+          f"(MFU {res['mfu_cached']:.0%}) |\n"
           f"| same step, full recompute (official loop) | {res['step_uncached_s']:.2f} s "
           f"(MFU {res['mfu_uncached']:.0%}) |\n"
           f"| prompt prefix, computed once | {res['prompt_prefill_s']:.3f} s |\n"

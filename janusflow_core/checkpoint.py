@@ -133,7 +133,8 @@ def check_keys(expected: dict[str, torch.Size], found: dict[str, tuple[tuple[int
     if missing or unexpected or wrong:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing key(s): {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+            more = " ..." if len(missing) > 8 else ""
+            parts.append(f"{len(missing)} missing key(s): {', '.join(missing[:8])}{more}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:8])}"
                          + (" ..." if len(unexpected) > 8 else ""))
@@ -216,9 +217,9 @@ def load_pretrained(path_or_id: str | Path | None = None, *, device: str | torch
         quantize_llm_8bit(model)
     processor = None
     if with_processor:
-        from .processing import JanusFlowProcessor
-
         from transformers.utils import logging as hf_logging
+
+        from .processing import JanusFlowProcessor
 
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # AutoTokenizer peeks at our config.json and warns about its model_type

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import REPO, SHARED, require_shared
+from safetensors.torch import load_file
 
 
 def _fixture_sets():

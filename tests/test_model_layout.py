@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
+from conftest import REFERENCE, require_shared
 
 from janusflow_core.checkpoint import build_meta_model
 from janusflow_core.config import JanusFlowConfig, janusflow_1_3b, tiny
-
-from conftest import REFERENCE, require_shared
 
 
 def _published_params() -> dict[str, tuple[int, ...]]:
