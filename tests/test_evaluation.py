@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from janusflow_core.evaluation import __main__ as cli
 from janusflow_core.evaluation import (
     alternative_prompts,
+    benchmarks,
     chance_baseline,
     check_image,
     detect,
@@ -18,8 +20,6 @@ from janusflow_core.evaluation import (
     parse_prompt,
     vqa_accuracy,
 )
-from janusflow_core.evaluation import __main__ as cli
-from janusflow_core.evaluation import benchmarks
 from janusflow_core.shapes import (
     COLORS,
     PALETTE,
@@ -77,7 +77,7 @@ def test_detection_recovers_shapes_colours_and_centres():
 def test_noise_and_fragments_score_zero():
     prompts = [p for task in TASKS for p in all_prompts(task)[:4]]
     np_rng, rng = np.random.default_rng(0), random.Random(0)
-    for i, prompt in enumerate(prompts):
+    for prompt in prompts:
         assert not image_passes(_noise(np_rng), prompt)
         assert not image_passes(_fragments(rng, size=3), prompt)  # 9 px blobs: ignored, nothing detected
         assert not image_passes(_fragments(rng, size=4), prompt)  # 16 px blobs: detected, malformed

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | bytearray | Image.Image | np.ndarray
 
 # Pillow refuses images above ~179 M pixels (and warns above ~89 M) to protect servers from
 # decompression bombs. Users of this model legitimately drop in very large photos or scans, so our
