@@ -1,0 +1,144 @@
+"""Chat tab handlers: a multi-turn conversation about images, the answer streamed piece by piece.
+
+The conversation lives in a per-session ``gr.State`` as a list of turns
+``{"role", "content", "images": [PIL], "files": [paths]}``; the chatbot display is rebuilt from it.
+The model sees the same turns (``images`` per message, as ``ChatPipeline.stream`` takes them).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import gradio as gr
+
+from .components import refuse
+from .engine import Engine, EngineError
+from .inputs import MAX_IMAGES_PER_MESSAGE, MAX_MESSAGE_CHARS, MAX_SEED, check_number, check_text, open_image
+from .sessions import Runs, session_id
+
+MAX_NEW_TOKENS = 2048
+DEFAULT_QUESTION = "Describe the image."  # an image sent without text
+
+Turn = dict[str, Any]
+
+
+def display(turns: list[Turn]) -> list[dict[str, Any]]:
+    """Conversation turns -> gr.Chatbot messages (images first, then the text)."""
+    out = []
+    for t in turns:
+        content: list[Any] = [{"path": p} for p in t.get("files", [])]
+        content.append(t["content"])
+        out.append({"role": t["role"], "content": content})
+    return out
+
+
+def model_messages(turns: list[Turn]) -> list[dict[str, Any]]:
+    return [{"role": t["role"], "content": t["content"], "images": t.get("images", [])} for t in turns]
+
+
+def stats_line(stats: dict[str, Any], stopped: bool = False) -> str:
+    n, s = stats.get("new_tokens", 0), stats.get("seconds", 0.0)
+    rate = stats.get("tokens_per_s", 0.0)
+    text = f"**{n}** tokens in {s:.2f} s · **{rate:.1f} tokens/s** · prompt {stats.get('prompt_tokens', 0)} tokens"
+    return text + (" · stopped" if stopped else "")
+
+
+def parse_message(message: Any) -> tuple[str, list[str]]:
+    """A MultimodalTextbox value ``{"text", "files"}`` (or a plain string) -> (text, file paths)."""
+    if message is None:
+        return "", []
+    if isinstance(message, str):
+        return message, []
+    if not isinstance(message, dict):
+        raise refuse("The message must be text or {'text': ..., 'files': [...]}.")
+    files = []
+    for f in message.get("files") or []:
+        files.append(f.get("path") if isinstance(f, dict) else str(f))
+    return message.get("text") or "", [f for f in files if f]
+
+
+class ChatHandlers:
+    def __init__(self, engine: Engine, context_reserve: int = 128):
+        self.engine = engine
+        self.runs = Runs("chat answer")
+        self.context_reserve = context_reserve  # context positions kept free for the answer
+        # Sampling draws from torch's global RNG; seeded sampled answers run one at a time so that
+        # another session's sampling cannot shift their random stream (greedy answers run freely).
+        self._sampling = threading.Lock()
+
+    def _fit(self, chat: Any, turns: list[Turn], max_new_tokens: int) -> tuple[list[dict[str, Any]], int]:
+        """The model messages, oldest exchanges dropped until the prompt leaves room for the answer."""
+        context = chat.bundle.config.llm.max_position_embeddings
+        reserve = min(max_new_tokens, self.context_reserve, context // 4)
+        messages, dropped = model_messages(turns), 0
+        while True:
+            try:
+                prompt_len = chat.prepare([messages]).input_ids.shape[1]
+                if prompt_len <= context - reserve or len(messages) == 1:
+                    return messages, dropped
+            except ValueError as exc:  # prompt longer than the context
+                if len(messages) == 1:
+                    raise refuse(f"This message does not fit the model's {context}-token context: {exc}") from None
+            messages, dropped = messages[2:], dropped + 1
+
+    def submit(self, message: Any, temperature: float, top_p: float, max_new_tokens: int, seed: int,
+               conversation: list[Turn] | None, request: gr.Request) -> Iterator[tuple[Any, str, list[Turn]]]:
+        """Ask a question (with optional images) and stream the answer.
+
+        Yields (chatbot messages, stats line, conversation) after every decoded piece; the last yield
+        carries the tokens/s line.
+        """
+        temperature = check_number("Temperature", temperature, 0.0, 2.0)
+        top_p = check_number("Top-p", top_p, 0.05, 1.0)
+        max_new_tokens = check_number("Max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS, integer=True)
+        seed = check_number("Seed", seed, 0, MAX_SEED, integer=True)
+        text, files = parse_message(message)
+        if not text.strip() and not files:
+            raise refuse("Type a question, or attach an image to ask about.")
+        if len(files) > MAX_IMAGES_PER_MESSAGE:
+            raise refuse(f"{len(files)} images in one message; the limit is {MAX_IMAGES_PER_MESSAGE}.")
+        text = check_text("message", text, MAX_MESSAGE_CHARS, required=False) or DEFAULT_QUESTION
+        images = [open_image(f) for f in files]
+        turns = list(conversation or [])
+        sid = session_id(request)
+        with self.runs.start(sid) as run:
+            try:
+                loaded = self.engine.get()
+            except EngineError as exc:
+                raise refuse(str(exc)) from None
+            user = {"role": "user", "content": text, "images": images, "files": files}
+            pending = turns + [user]
+            messages, dropped = self._fit(loaded.chat, pending, max_new_tokens)
+            if dropped:
+                gr.Warning(f"The conversation is longer than the model's context; the oldest {dropped} "
+                           f"exchange(s) were left out of this answer.")
+            yield display(pending + [{"role": "assistant", "content": ""}]), "", turns
+            stats: dict[str, Any] = {}
+            answer = ""
+            sampled = temperature > 0
+            with self._sampling if sampled else nullcontext():
+                pieces = loaded.chat.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature,
+                                            top_p=top_p, seed=seed if sampled else None, stop_event=run.event,
+                                            stats=stats)
+                try:
+                    for piece in pieces:
+                        answer += piece
+                        yield display(pending + [{"role": "assistant", "content": answer}]), "", turns
+                except (ValueError, RuntimeError) as exc:
+                    raise refuse(f"The answer failed: {exc}") from None
+                finally:
+                    pieces.close()
+            done = pending + [{"role": "assistant", "content": answer}]
+            yield display(done), stats_line(stats, stopped=run.stopped), done
+
+    def stop(self, request: gr.Request) -> None:
+        """Stop the answer being written in this session (within one token)."""
+        self.runs.stop(session_id(request))
+
+    def clear(self, request: gr.Request) -> tuple[list, str, list]:
+        """Stop any answer in progress and forget the conversation."""
+        self.runs.stop(session_id(request))
+        return [], "", []

@@ -1,0 +1,119 @@
+"""The lazy engine: loads the model once, on first use, and hands out the two pipelines.
+
+Nothing heavy happens at import or construction. ``get()`` loads under a lock (a second caller waits
+for the first one's load instead of starting its own); a failed load is remembered and reported to
+every later caller instead of being retried on each click.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from janusflow_core import ChatPipeline, GenerationPipeline, JanusFlowBundle, load_pretrained
+from janusflow_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAMPLING, read_sampling
+
+
+@dataclass
+class Loaded:
+    bundle: JanusFlowBundle
+    chat: ChatPipeline
+    generator: GenerationPipeline
+    seconds: float
+
+    @property
+    def image_size(self) -> int:
+        """Side of a generated image in pixels (latent side x VAE downsampling)."""
+        return self.bundle.config.gen_latent_size * self.bundle.vae.downsample
+
+
+class EngineError(RuntimeError):
+    """The model could not be loaded; the message says why."""
+
+
+class Engine:
+    def __init__(self, model: str | Path | None = None, *, vae: str | Path | None = None, device: str = "auto",
+                 dtype: str = "auto", load_8bit: bool = False,
+                 loader: Callable[..., JanusFlowBundle] = load_pretrained):
+        self.model = model
+        self.options = {"vae": vae, "device": device, "dtype": dtype, "load_8bit": load_8bit}
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._loaded: Loaded | None = None
+        self._error: str | None = None
+        self._loading = False
+
+    # -- what the UI can show before the model is loaded ---------------------------------------------
+    @property
+    def display_name(self) -> str:
+        if self.model is None:
+            return f"{DEFAULT_MODEL.name} (embedded)"
+        p = Path(str(self.model))
+        return p.resolve().name if p.is_dir() else str(self.model)
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The model's recommended sampling settings, read from its folder without loading it
+        (hub ids that are not downloaded yet get the published defaults)."""
+        folder = DEFAULT_MODEL if self.model is None else Path(str(self.model))
+        try:
+            return read_sampling(folder if folder.is_dir() else None)
+        except (OSError, ValueError):
+            return dict(DEFAULT_SAMPLING)
+
+    @property
+    def state(self) -> str:
+        if self._loaded is not None:
+            return "ready"
+        if self._error is not None:
+            return "failed"
+        return "loading" if self._loading else "idle"
+
+    # -- loading --------------------------------------------------------------------------------------
+    def get(self) -> Loaded:
+        """The loaded pipelines; loads them on the first call. Raises EngineError if loading failed."""
+        if self._loaded is not None:
+            return self._loaded
+        with self._lock:
+            if self._loaded is None and self._error is None:
+                self._loading = True
+                start = time.perf_counter()
+                try:
+                    bundle = self._loader(self.model, **self.options)
+                    self._loaded = Loaded(bundle, ChatPipeline(bundle), GenerationPipeline(bundle),
+                                          time.perf_counter() - start)
+                except Exception as exc:  # shown in the UI; the app keeps serving its pages
+                    self._error = f"{type(exc).__name__}: {exc}"
+                finally:
+                    self._loading = False
+        if self._loaded is None:
+            raise EngineError(f"the model could not be loaded: {self._error}")
+        return self._loaded
+
+    def start_loading(self) -> threading.Thread:
+        """Load in a background thread (the server answers meanwhile; handlers wait in ``get``)."""
+        thread = threading.Thread(target=self._get_quietly, name="janusflow-load", daemon=True)
+        thread.start()
+        return thread
+
+    def _get_quietly(self) -> None:
+        try:
+            self.get()
+        except EngineError:
+            pass  # kept in self._error and shown by status()
+
+    # -- status line ------------------------------------------------------------------------------------
+    def status(self) -> str:
+        """One Markdown line: model, device, dtype (or the loading state / the load error)."""
+        if self._loaded is not None:
+            b = self._loaded.bundle
+            dtype = str(b.dtype).removeprefix("torch.")
+            size = self._loaded.image_size
+            return (f"**Model** `{b.name}` · **device** `{b.device}` · **dtype** `{dtype}` · "
+                    f"{size}×{size} images · loaded in {self._loaded.seconds:.1f} s")
+        if self._error is not None:
+            return f"**Model failed to load**: {self._error}"
+        return f"Loading `{self.display_name}` …"

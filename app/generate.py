@@ -1,0 +1,101 @@
+"""Generation tab handlers: run the sampler and show every step's preview, then the final images.
+
+``GenerationPipeline.iterate`` yields one StepState per solver step; each is decoded for display
+(``preview``: the predicted clean image x̂1 or the noisy z_t) and sent to the page at once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from janusflow_core.sampling import SOLVERS
+
+from .components import refuse
+from .display import preview_sheet
+from .engine import Engine, EngineError
+from .inputs import MAX_PROMPT_CHARS, MAX_SEED, check_number, check_text
+from .sessions import Runs, session_id
+
+MAX_STEPS = 50
+MAX_IMAGES = 8
+CFG_RANGE = (1.0, 10.0)
+PREVIEW_MODES = {"x1": "predicted clean image x̂₁", "zt": "noisy latent z_t"}
+SAMPLER_NAMES = {"euler": "Euler", "heun": "Heun"}
+
+Output = tuple[Any, str, Any]  # (preview image, status line, gallery)
+
+
+def random_seed() -> int:
+    return random.randint(0, MAX_SEED)
+
+
+class GenerateHandlers:
+    def __init__(self, engine: Engine, preview_size: int = 384):
+        self.engine = engine
+        self.preview_size = preview_size
+        self.runs = Runs("generation")
+
+    def check(self, prompt: str, cfg: float, steps: int, seed: int, num_images: int, sampler: str,
+              preview: str) -> tuple[str, float, int, int, int]:
+        prompt = check_text("prompt", prompt, MAX_PROMPT_CHARS, hint=" Describe the image to generate.")
+        cfg = check_number("CFG", cfg, *CFG_RANGE)
+        steps = check_number("Steps", steps, 1, MAX_STEPS, integer=True)
+        seed = check_number("Seed", seed, 0, MAX_SEED, integer=True)
+        num_images = check_number("Images", num_images, 1, MAX_IMAGES, integer=True)
+        if sampler not in SOLVERS:
+            raise refuse(f"Unknown sampler {sampler!r}; choose one of: {', '.join(SOLVERS)}.")
+        if preview not in PREVIEW_MODES:
+            raise refuse(f"Unknown preview {preview!r}; choose one of: {', '.join(PREVIEW_MODES)}.")
+        return prompt, cfg, steps, seed, num_images
+
+    def run(self, prompt: str, cfg: float, steps: int, seed: int, num_images: int, sampler: str, preview: str,
+            request: gr.Request) -> Iterator[Output]:
+        """Generate images from a prompt, streaming a preview after every solver step.
+
+        Yields (preview, status, gallery): one yield per step with the step's preview and
+        "Step k / N", then a last one with the final images in the gallery.
+        """
+        prompt, cfg, steps, seed, num_images = self.check(prompt, cfg, steps, seed, num_images, sampler, preview)
+        with self.runs.start(session_id(request)) as run:
+            if self.engine.state != "ready":
+                yield gr.skip(), "Loading the model …", gr.skip()
+            try:
+                pipe = self.engine.get().generator
+            except EngineError as exc:
+                raise refuse(str(exc)) from None
+            start = time.perf_counter()
+            state, shown = None, None
+            try:
+                for state in pipe.iterate(prompt, steps, cfg, seed, num_images, sampler):
+                    shown = preview_sheet(pipe.preview(state, preview), self.preview_size)
+                    status = f"Step **{state.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
+                    yield shown, status, ([] if state.index == 0 else gr.skip())
+                    if run.stopped and state.index + 1 < steps:
+                        break
+                final = state.z_next if state.index + 1 == steps else state.x1_hat
+                images = pipe.decode(final)
+            except (ValueError, FloatingPointError, RuntimeError) as exc:
+                raise refuse(f"Generation failed: {exc}") from None
+            seconds = time.perf_counter() - start
+            settings = f"{SAMPLER_NAMES.get(sampler, sampler)}, CFG {cfg:g}, seed {seed}"
+            if state.index + 1 < steps:
+                status = f"Stopped at step **{state.index + 1} / {steps}** after {seconds:.1f} s ({settings})"
+                captions = [f"seed {seed + k} · stopped at step {state.index + 1}" for k in range(len(images))]
+            else:
+                status = f"Done: **{len(images)} image(s)** in {seconds:.1f} s · {steps} steps ({settings})"
+                captions = [f"seed {seed + k}" for k in range(len(images))]
+            yield shown, status, list(zip(images, captions))
+
+    def stop(self, request: gr.Request) -> None:
+        """Stop this session's generation after the current step (the last preview stays)."""
+        self.runs.stop(session_id(request))
+
+    @staticmethod
+    def randomise() -> int:
+        return random_seed()
+

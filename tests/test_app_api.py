@@ -1,0 +1,178 @@
+"""The launched app through gradio_client: streaming, refusals, Stop, and two sessions at once."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from app.testing import serve  # noqa: E402
+from janusflow_core import GenerationPipeline  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "assets" / "examples" / "red_circle_blue_square.png"
+ENDPOINTS = ["/chat", "/stop_chat", "/clear_chat", "/generate", "/stop_generate", "/random_seed"]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with serve(tiny_model_dir, concurrency=2) as (url, engine):
+        yield url, engine
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return Client(served[0], verbose=False)
+
+
+def new_client(served) -> Client:
+    return Client(served[0], verbose=False)
+
+
+def answer(chatbot) -> str:
+    return chatbot[-1]["content"][-1]["text"]
+
+
+def wait_for(job, n: int, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while len(job.outputs()) < n:
+        if job.done() or time.monotonic() > end:
+            raise AssertionError(f"expected {n} outputs, got {len(job.outputs())}: {job.status()}")
+        time.sleep(0.01)
+
+
+def test_every_action_is_a_documented_endpoint(client):
+    api = client.view_api(return_format="dict", print_info=False)
+    assert set(ENDPOINTS) <= set(api["named_endpoints"])
+    chat_params = [p["parameter_name"] for p in api["named_endpoints"]["/chat"]["parameters"]]
+    assert chat_params == ["message", "temperature", "top_p", "max_new_tokens", "seed"]
+    docs = (REPO / "docs" / "api.md").read_text()
+    assert all(f"`{e}`" in docs for e in ENDPOINTS)
+
+
+def test_chat_answer_streams_in_several_pieces(client):
+    message = {"text": "Is the circle left of the square?", "files": [handle_file(str(EXAMPLE))]}
+    job = client.submit(message, 1.5, 1.0, 80, 0, api_name="/chat")
+    job.result()
+    answers = [answer(chatbot) for chatbot, _ in job.outputs()]
+    assert len(set(answers)) >= 3 and all(answers[-1].startswith(a) for a in answers)
+    chatbot, stats = job.outputs()[-1]
+    assert chatbot[0]["content"][0]["type"] == "file" and chatbot[0]["content"][1]["text"].startswith("Is the")
+    assert "tokens/s" in stats
+
+
+def test_generation_streams_one_preview_per_step_then_the_images(client):
+    job = client.submit("a red circle", 2.0, 6, 5, 2, "euler", "x1", api_name="/generate")
+    job.result()
+    outputs = job.outputs()
+    assert len(outputs) == 7
+    previews = []
+    for k, (preview, status, _) in enumerate(outputs[:-1]):
+        assert f"Step **{k + 1} / 6**" in status
+        previews.append(Image.open(preview).convert("RGB"))
+    assert all(p.size == (11 * 65, 11 * 32) for p in previews)  # two 32 px tiles enlarged x11
+    assert len({p.tobytes() for p in previews}) == 6
+    _, status, gallery = outputs[-1]
+    assert "2 image(s)" in status and [g["caption"] for g in gallery] == ["seed 5", "seed 6"]
+    assert all(Image.open(g["image"]).size == (32, 32) for g in gallery)  # downloads are the model's pixels
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("a red circle", 2.0, 500, 1, 1, "euler", "x1"), "Steps: Value 500 is greater than maximum value 50"),
+    (("a red circle", 0.5, 5, 1, 1, "euler", "x1"), "CFG: Value 0.5 is less than minimum value 1"),
+    (("a red circle", 2.0, 5, 1, 9, "euler", "x1"), "Images: Value 9 is greater than maximum value 8"),
+    (("a red circle", 2.0, 5, -3, 1, "euler", "x1"), "Seed: Value -3 is less than minimum value 0"),
+    (("a red circle", 2.0, 5, 1, 1, "rk4", "x1"), "Sampler: Value: 'rk4'"),
+    (("  ", 2.0, 5, 1, 1, "euler", "x1"), "The prompt is empty"),
+    (("a" * 1200, 2.0, 5, 1, 1, "euler", "x1"), "1200 characters long; the limit is 1000"),
+])
+def test_generation_refuses_out_of_range_values(client, args, expected):
+    with pytest.raises(AppError, match=expected):
+        client.predict(*args, api_name="/generate")
+
+
+def test_chat_refuses_bad_input(client, tmp_path):
+    with pytest.raises(AppError, match="Temperature: Value 9 is greater than maximum value 2"):
+        client.predict({"text": "hi", "files": []}, 9, 0.9, 5, 0, api_name="/chat")
+    with pytest.raises(AppError, match="Type a question"):
+        client.predict({"text": "", "files": []}, 0, 0.9, 5, 0, api_name="/chat")
+    fake = tmp_path / "photo.png"
+    fake.write_bytes(b"not a png at all")
+    with pytest.raises(AppError, match="photo.png is not an image"):
+        client.predict({"text": "hi", "files": [handle_file(str(fake))]}, 0, 0.9, 5, 0, api_name="/chat")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(AppError, match="Message: Invalid file type"):
+        client.predict({"text": "hi", "files": [handle_file(str(text))]}, 0, 0.9, 5, 0, api_name="/chat")
+
+
+def test_stop_endpoints_stop_only_their_own_session(served):
+    a, b = new_client(served), new_client(served)
+    job = a.submit("a red circle", 2.0, 50, 1, 1, "euler", "x1", api_name="/generate")
+    wait_for(job, 2)
+    b.predict(api_name="/stop_generate")  # another session: no effect
+    wait_for(job, 4)
+    a.predict(api_name="/stop_generate")
+    job.result()
+    status = job.outputs()[-1][1]
+    assert "Stopped at step" in status and len(job.outputs()) < 50
+
+    chat = a.submit({"text": "describe", "files": []}, 1.5, 1.0, 400, 0, api_name="/chat")
+    wait_for(chat, 3)
+    a.predict(api_name="/stop_chat")
+    chat.result()
+    stats = chat.outputs()[-1][1]
+    assert "stopped" in stats and int(stats.split("**")[1]) < 300
+
+
+def test_two_sessions_at_once_keep_their_own_history_previews_and_seeds(served):
+    url, engine = served
+    a, b = new_client(served), new_client(served)
+    results: dict[str, object] = {}
+
+    def user_a():
+        first = a.predict({"text": "What is this?", "files": [handle_file(str(EXAMPLE))]}, 0, 0.9, 20, 0,
+                          api_name="/chat")
+        job = a.submit("a green triangle", 3.0, 12, 100, 1, "euler", "x1", api_name="/generate")
+        job.result()
+        second = a.predict({"text": "Tell me more", "files": []}, 0, 0.9, 5, 0, api_name="/chat")
+        results["a"] = (first, second, job.outputs())
+
+    def user_b():
+        first = b.predict({"text": "hello there", "files": []}, 0, 0.9, 20, 0, api_name="/chat")
+        job = b.submit("three squares", 1.5, 12, 200, 1, "heun", "zt", api_name="/generate")
+        job.result()
+        results["b"] = (first, job.outputs())
+
+    threads = [threading.Thread(target=user_a), threading.Thread(target=user_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    _, (a_history, _), a_gen = results["a"]
+    texts = [m["content"][-1]["text"] for m in a_history]
+    assert len(a_history) == 4 and texts[0] == "What is this?" and texts[2] == "Tell me more"
+    assert "hello there" not in texts
+    (b_history, _), b_gen = results["b"]
+    assert len(b_history) == 2 and b_history[0]["content"][-1]["text"] == "hello there"
+
+    assert [o[1].split("·")[0].strip() for o in a_gen[:-1]] == [f"Step **{k} / 12**" for k in range(1, 13)]
+    assert "seed 100" in a_gen[-1][1] and "Euler" in a_gen[-1][1]
+    assert "seed 200" in b_gen[-1][1] and "Heun" in b_gen[-1][1]
+    solo = GenerationPipeline(engine.get().bundle)(prompt="a green triangle", steps=12, cfg=3.0, seed=100)
+    got = Image.open(a_gen[-1][2][0]["image"]).convert("RGB")
+    assert got.tobytes() == solo.images[0].tobytes()  # B's run at the same time changed nothing in A's

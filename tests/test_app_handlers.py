@@ -1,0 +1,343 @@
+"""The app's handlers, called directly with a tiny random model (no server, no browser)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+import torch
+from PIL import Image
+
+from app import Engine, EngineError, create_demo
+from app.chat import ChatHandlers
+from app.display import enlarge, grid, preview_sheet
+from app.generate import GenerateHandlers
+from janusflow_core import GenerationPipeline
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "three_triangles.png"
+SAMPLED = {"temperature": 1.5, "top_p": 1.0, "seed": 0}  # the random tiny model writes spaces only when sampling
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models run ~20x faster single-threaded on a shared CPU
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Engine:
+    return Engine(tiny_model_dir, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def chat(engine: Engine) -> ChatHandlers:
+    return ChatHandlers(engine)
+
+
+@pytest.fixture(scope="module")
+def gen(engine: Engine) -> GenerateHandlers:
+    return GenerateHandlers(engine, preview_size=256)
+
+
+def session(name: str) -> SimpleNamespace:
+    return SimpleNamespace(session_hash=name)
+
+
+def ask(chat: ChatHandlers, message, conversation=None, sid="s", max_new_tokens=40, **settings):
+    s = {**SAMPLED, **settings}
+    return list(chat.submit(message, s["temperature"], s["top_p"], max_new_tokens, s["seed"], conversation,
+                            session(sid)))
+
+
+def answer_of(output) -> str:
+    return output[0][-1]["content"][-1]
+
+
+def huge_png_header(path: Path, width: int, height: int) -> Path:
+    """A valid 1x1 PNG whose header claims width x height (Pillow reads the size from the header)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+    return path
+
+
+# -- engine -------------------------------------------------------------------------------------------
+
+
+def test_engine_loads_lazily_and_once(tiny_model_dir):
+    calls = []
+
+    def loader(model, **options):
+        calls.append(model)
+        time.sleep(0.2)  # both threads below arrive while the first load is running
+        from janusflow_core import load_pretrained
+
+        return load_pretrained(model, **options)
+
+    engine = Engine(tiny_model_dir, device="cpu", dtype="fp32", loader=loader)
+    create_demo(engine)
+    assert calls == [] and engine.state == "idle" and "Loading" in engine.status()
+    threads = [threading.Thread(target=engine.get) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.get()
+    assert len(calls) == 1 and engine.state == "ready"
+    assert "`model`" in engine.status() and "`cpu`" in engine.status() and "`float32`" in engine.status()
+
+
+def test_failed_load_is_reported_not_retried(tmp_path):
+    engine = Engine(tmp_path / "nowhere", device="cpu")
+    with pytest.raises(EngineError, match="does not exist"):
+        engine.get()
+    assert engine.state == "failed" and "failed to load" in engine.status()
+    with pytest.raises(gr.Error, match="could not be loaded"):
+        ask(ChatHandlers(engine), "hello")
+    with pytest.raises(gr.Error, match="could not be loaded"):
+        list(GenerateHandlers(engine).run("a circle", 2.0, 2, 0, 1, "euler", "x1", session("s")))
+
+
+def test_sampling_defaults_come_from_the_model_folder(tmp_path):
+    from janusflow_core.testing import make_tiny_model_dir
+
+    folder = make_tiny_model_dir(tmp_path / "m", sampling={"steps": 7, "cfg": 4.5})
+    demo = create_demo(Engine(folder))
+    cfg = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "CFG")
+    steps = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Steps")
+    assert cfg.value == 4.5 and steps.value == 30  # the paper demo's 30 steps, whatever the folder says
+
+
+# -- chat -----------------------------------------------------------------------------------------------
+
+
+def test_chat_streams_a_growing_answer_and_keeps_history(chat):
+    outputs = ask(chat, {"text": "How many triangles?", "files": [str(EXAMPLE)]}, max_new_tokens=60)
+    answers = [answer_of(o) for o in outputs]
+    assert answers[0] == ""  # the question shows before the first token
+    assert len(set(answers)) >= 3  # empty, at least one partial answer, the full one
+    assert all(answers[-1].startswith(a) for a in answers)
+    chatbot, stats, conversation = outputs[-1]
+    assert chatbot[0]["content"][0] == {"path": str(EXAMPLE)} and chatbot[0]["content"][1] == "How many triangles?"
+    assert [t["role"] for t in conversation] == ["user", "assistant"]
+    assert conversation[0]["images"][0].size == (64, 64) and conversation[1]["content"] == answers[-1]
+    assert "tokens/s" in stats and "60** tokens" in stats
+    assert all(o[1] == "" for o in outputs[:-1])  # the speed line comes once the answer is done
+
+    second = ask(chat, "And what colors are they?", conversation, max_new_tokens=5)
+    _, stats2, conversation2 = second[-1]
+    assert [t["role"] for t in conversation2] == ["user", "assistant"] * 2
+    prompt_tokens = [int(s.split("prompt ")[1].split()[0]) for s in (stats, stats2)]
+    assert prompt_tokens[1] > prompt_tokens[0] + 60  # the second prompt holds the image, question and answer
+
+
+def test_chat_seed_reproduces_sampled_answers(chat):
+    a = answer_of(ask(chat, "describe the image", seed=1)[-1])
+    b = answer_of(ask(chat, "describe the image", seed=1)[-1])
+    c = answer_of(ask(chat, "describe the image", seed=2)[-1])
+    assert a == b and a != c
+
+
+def test_chat_stop_ends_the_answer_early(chat):
+    full = ask(chat, "describe", max_new_tokens=300)[-1][1]
+    assert "**300** tokens" in full and "stopped" not in full
+    run = chat.submit("describe", 1.5, 1.0, 300, 0, None, session("stopper"))
+    next(run)  # the question is shown
+    next(run)  # the first piece arrived
+    chat.stop(session("someone-else"))  # another session's Stop changes nothing here
+    chat.stop(session("stopper"))
+    outputs = list(run)
+    stats = outputs[-1][1]
+    n = int(stats.split("**")[1])
+    assert "stopped" in stats and n < 100
+    assert [t["role"] for t in outputs[-1][2]] == ["user", "assistant"]  # the partial answer is kept
+
+
+def test_a_second_request_from_the_same_session_is_refused_while_one_runs(chat):
+    run = chat.submit("describe", 1.5, 1.0, 50, 0, None, session("busy"))
+    next(run)
+    with pytest.raises(gr.Error, match="already running"):
+        ask(chat, "hello", sid="busy")
+    assert ask(chat, "hello", sid="not-busy", max_new_tokens=3)  # other sessions go ahead
+    run.close()  # a closed (e.g. cancelled) run frees its session
+    assert ask(chat, "hello", sid="busy", max_new_tokens=3)
+
+
+def test_clear_forgets_the_conversation(chat):
+    first = ask(chat, {"text": "what is this", "files": [str(EXAMPLE)]}, max_new_tokens=3)[-1]
+    assert chat.clear(session("s")) == ([], "", [])
+    fresh = ask(chat, "what is this", [], max_new_tokens=3)[-1]
+    assert len(fresh[2]) == 2 and "images" in first[2][0] and fresh[2][0]["images"] == []
+
+
+def test_text_only_and_image_only_turns(chat):
+    text_only = ask(chat, "hello there", max_new_tokens=3)[-1]
+    assert text_only[2][0]["images"] == [] and text_only[2][0]["content"] == "hello there"
+    image_only = ask(chat, {"text": "", "files": [str(EXAMPLE)]}, max_new_tokens=3)[-1]
+    assert image_only[2][0]["content"] == "Describe the image."
+
+
+def test_long_conversations_drop_the_oldest_exchanges(chat, engine):
+    words = "red blue green circle square " * 40  # ~200 tokens per turn in a 512-token context
+    turns = []
+    for _ in range(4):
+        turns += [{"role": "user", "content": words, "images": [], "files": []},
+                  {"role": "assistant", "content": words, "images": [], "files": []}]
+    turns.append({"role": "user", "content": "and now?", "images": [], "files": []})
+    messages, dropped = chat._fit(engine.get().chat, turns, max_new_tokens=64)
+    assert dropped >= 3 and messages[-1]["content"] == "and now?" and messages[0]["role"] == "user"
+    with pytest.warns(UserWarning, match="oldest 4 exchange"):  # gr.Warning, outside a running app
+        output = ask(chat, "and now?", turns[:-1], max_new_tokens=3)[-1]
+    assert len(output[2]) == len(turns) + 1  # the display keeps everything
+
+
+@pytest.mark.parametrize("message, settings, expected", [
+    ("", {}, "Type a question"),
+    ({"text": "  ", "files": []}, {}, "Type a question"),
+    ("x" * 5000, {}, "characters long"),
+    ({"text": "hi", "files": [str(EXAMPLE)] * 5}, {}, "the limit is 4"),
+    ("hi", {"temperature": 3}, "Temperature must be between 0 and 2"),
+    ("hi", {"top_p": 0}, "Top-p must be between"),
+    ("hi", {"seed": -1}, "Seed must be between"),
+    ("hi", {"max_new_tokens": 0}, "Max new tokens must be between"),
+    ("hi", {"max_new_tokens": 2.5}, "whole number"),
+])
+def test_chat_refuses_bad_input_clearly(chat, message, settings, expected):
+    max_new = settings.pop("max_new_tokens", 5)
+    with pytest.raises(gr.Error, match=expected):
+        ask(chat, message, max_new_tokens=max_new, **settings)
+
+
+def test_chat_refuses_files_that_are_not_images_and_huge_images(chat, tmp_path):
+    fake = tmp_path / "notes.png"
+    fake.write_text("this is not a picture")
+    with pytest.raises(gr.Error, match="notes.png is not an image"):
+        ask(chat, {"text": "hi", "files": [str(fake)]})
+    huge = huge_png_header(tmp_path / "huge.png", 10000, 6000)
+    with pytest.raises(gr.Error, match="10000×6000 pixels .* the limit is 50 MP"):
+        ask(chat, {"text": "hi", "files": [str(huge)]})
+    bomb = huge_png_header(tmp_path / "bomb.png", 60000, 60000)
+    with pytest.raises(gr.Error, match="bomb.png is far larger than the 50 MP limit"):
+        ask(chat, {"text": "hi", "files": [str(bomb)]})
+
+
+# -- generation -------------------------------------------------------------------------------------------
+
+
+def run_gen(gen, prompt="a red circle", cfg=2.0, steps=5, seed=3, num_images=2, sampler="euler", preview="x1",
+            sid="g"):
+    return list(gen.run(prompt, cfg, steps, seed, num_images, sampler, preview, session(sid)))
+
+
+def test_generation_previews_every_step_then_fills_the_gallery(gen, engine):
+    outputs = run_gen(gen, steps=5, num_images=2)
+    assert len(outputs) == 6
+    for k, (image, status, gallery) in enumerate(outputs[:-1]):
+        assert f"Step **{k + 1} / 5**" in status
+        assert isinstance(image, Image.Image) and image.size == (7 * (2 * 32 + 1), 7 * 32)  # 2 tiles, x7
+        assert gallery == ([] if k == 0 else gr.skip())  # cleared once, then left alone until the end
+    previews = [o[0].tobytes() for o in outputs[:-1]]
+    assert len(set(previews)) == 5  # every step shows something new
+    _, status, gallery = outputs[-1]
+    assert "2 image(s)" in status and [c for _, c in gallery] == ["seed 3", "seed 4"]
+    direct = GenerationPipeline(engine.get().bundle)(prompt="a red circle", steps=5, cfg=2.0, seed=3, num_images=2)
+    assert [im.tobytes() for im, _ in gallery] == [im.tobytes() for im in direct.images]
+
+
+def test_preview_modes_show_x1_or_zt(gen, engine):
+    x1 = run_gen(gen, steps=3, num_images=1, preview="x1")
+    zt = run_gen(gen, steps=3, num_images=1, preview="zt")
+    pipe = GenerationPipeline(engine.get().bundle)
+    first = next(pipe.iterate("a red circle", 3, 2.0, 3, 1, "euler"))
+    assert x1[0][0].tobytes() == preview_sheet(pipe.preview(first, "x1"), 256).tobytes()
+    assert zt[0][0].tobytes() == preview_sheet(pipe.preview(first, "zt"), 256).tobytes()
+    assert x1[0][0].tobytes() != zt[0][0].tobytes()
+    assert x1[-1][2][0][0].tobytes() == zt[-1][2][0][0].tobytes()  # the preview mode never changes the result
+
+
+def test_heun_is_a_different_sampler(gen):
+    euler = run_gen(gen, steps=3, num_images=1, sampler="euler")[-1]
+    heun = run_gen(gen, steps=3, num_images=1, sampler="heun")[-1]
+    assert "Heun" in heun[1] and euler[2][0][0].tobytes() != heun[2][0][0].tobytes()
+
+
+def test_stop_keeps_the_last_preview_and_reports_the_step(gen):
+    run = gen.run("a red circle", 2.0, 20, 3, 1, "euler", "x1", session("stop-gen"))
+    next(run)
+    second = next(run)
+    gen.stop(session("stop-gen"))
+    rest = list(run)
+    assert len(rest) == 1
+    image, status, gallery = rest[0]
+    assert image is second[0] and "Stopped at step **2 / 20**" in status
+    assert gallery[0][1] == "seed 3 · stopped at step 2"
+
+
+def test_seeds_decide_the_images(gen):
+    a = run_gen(gen, seed=10, num_images=1, steps=3)[-1][2][0][0].tobytes()
+    b = run_gen(gen, seed=10, num_images=1, steps=3)[-1][2][0][0].tobytes()
+    c = run_gen(gen, seed=11, num_images=1, steps=3)[-1][2][0][0].tobytes()
+    assert a == b and a != c
+    assert 0 <= GenerateHandlers.randomise() <= 2**31 - 1
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"prompt": "   "}, "prompt is empty"),
+    ({"prompt": "a" * 1001}, "1001 characters long; the limit is 1000"),
+    ({"steps": 0}, "Steps must be between 1 and 50"),
+    ({"steps": 51}, "Steps must be between 1 and 50"),
+    ({"cfg": 10.5}, "CFG must be between 1 and 10"),
+    ({"cfg": float("nan")}, "CFG must be between"),
+    ({"num_images": 9}, "Images must be between 1 and 8"),
+    ({"seed": 2**31}, "Seed must be between"),
+    ({"sampler": "rk4"}, "Unknown sampler 'rk4'"),
+    ({"preview": "latent"}, "Unknown preview 'latent'"),
+])
+def test_generation_refuses_bad_input_clearly(gen, change, expected):
+    with pytest.raises(gr.Error, match=expected):
+        run_gen(gen, **change)
+
+
+def test_prompt_longer_than_the_context_is_refused(gen):
+    with pytest.raises(gr.Error, match="tokens; the limit is"):
+        run_gen(gen, prompt="Ω" * 900)  # 900 characters, 1800 byte tokens; the tiny context holds 512
+
+
+def test_generation_busy_session_is_refused(gen):
+    run = gen.run("a red circle", 2.0, 5, 3, 1, "euler", "x1", session("gbusy"))
+    next(run)
+    with pytest.raises(gr.Error, match="generation is already running"):
+        run_gen(gen, sid="gbusy")
+    run.close()
+    assert len(run_gen(gen, sid="gbusy", steps=2, num_images=1)) == 3
+
+
+# -- display -------------------------------------------------------------------------------------------------
+
+
+def test_previews_are_enlarged_with_nearest_neighbour():
+    tile = Image.new("RGB", (32, 32), "red")
+    tile.putpixel((0, 0), (0, 0, 255))
+    big = enlarge(tile, 384)
+    assert big.size == (384, 384)
+    assert big.getpixel((11, 11)) == (0, 0, 255) and big.getpixel((12, 12)) == (255, 0, 0)  # crisp 12x12 block
+    assert enlarge(Image.new("RGB", (384, 384)), 384).size == (384, 384)
+    assert enlarge(Image.new("RGB", (100, 50)), 384).size == (300, 150)
+    sheet = grid([tile] * 3)
+    assert sheet.size == (65, 65) and sheet.getpixel((64, 64)) == (255, 255, 255)  # 2 x 2, one empty cell
+    assert preview_sheet([tile], 384).size == (384, 384)
+    assert preview_sheet([tile] * 8, 384).size == (7 * 98, 7 * 98)  # 3 x 3 tiles, sheet within 768 px
