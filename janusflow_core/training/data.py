@@ -1,0 +1,193 @@
+"""Training data on the shapes world: understanding, generation and text-only samples, mixed by ratio.
+
+- understanding: image + question -> one-word answer (or the description), loss on the answer only;
+- generation: prompt -> VAE latent of a scene that holds exactly what the prompt names (held-out
+  prompts never used);
+- text-only: the scene written out in words + a question -> answer (no image).
+
+Samples are drawn from pre-rendered pools (rendering and VAE encoding happen once), tokenised with the
+processor's template, and left-padded per batch up to ``max_seq_len`` (a longer sample is an error).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..processing.chat import render_chat
+from ..processing.processor import JanusFlowProcessor
+from ..shapes import (TASKS, describe, render, sample_prompt, sample_question, sample_scene, scene_captions)
+from ..shapes.world import Scene
+
+
+def to_pixel_values(images: np.ndarray, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
+    """uint8 (n, S, S, 3) -> float32 (n, 3, S, S), as the image processor computes it for an S-px input."""
+    x = torch.from_numpy(images.astype(np.float64) * (1.0 / 255.0)).float()
+    return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class UnderstandingPool:
+    scenes: list[Scene]
+    images: np.ndarray  # (n, S, S, 3) uint8
+
+
+@dataclass
+class GenerationPool:
+    captions: list[list[str]]  # per scene: the prompt it was drawn for, then every true train caption
+    latents: torch.Tensor  # (n, C, h, w) scaled VAE latents
+    images: np.ndarray  # (n, S, S, 3) uint8, the REPA targets
+
+
+def build_understanding_pool(n: int, seed: int) -> UnderstandingPool:
+    rng = random.Random(f"und-pool:{seed}")
+    scenes = [sample_scene(rng) for _ in range(n)]
+    images = np.stack([np.asarray(render(s)) for s in scenes])
+    return UnderstandingPool(scenes, images)
+
+
+def build_generation_pool(n: int, seed: int, encode: Callable[[torch.Tensor], torch.Tensor],
+                          batch: int = 256) -> GenerationPool:
+    """``n`` scenes drawn task-uniformly for train-split prompts; ``encode`` maps images (B, 3, S, S)
+    in [-1, 1] to scaled latents."""
+    rng = random.Random(f"gen-pool:{seed}")
+    captions, scenes = [], []
+    for i in range(n):
+        prompt, scene = sample_prompt(rng, TASKS[i % len(TASKS)], split="train")
+        captions.append([prompt] + [c for c in scene_captions(scene, split="train") if c != prompt])
+        scenes.append(scene)
+    images = np.stack([np.asarray(render(s)) for s in scenes])
+    latents = []
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            latents.append(encode(to_pixel_values(images[i:i + batch])).float())
+    return GenerationPool(captions, torch.cat(latents), images)
+
+
+class MixedBatcher:
+    """Draws mixed batches: ``counts`` = (understanding, generation, text) samples per batch."""
+
+    def __init__(self, processor: JanusFlowProcessor, und: UnderstandingPool | None, gen: GenerationPool | None,
+                 counts: tuple[int, int, int], max_seq_len: int, seed: int, cfg_drop: float = 0.1,
+                 t_mean: float = 0.0, t_std: float = 1.0):
+        self.processor = processor
+        self.und, self.gen = und, gen
+        self.counts = counts
+        self.max_seq_len = max_seq_len
+        self.cfg_drop = cfg_drop
+        self.t_mean, self.t_std = t_mean, t_std
+        self.rng = random.Random(seed)
+        self.gen_rng = torch.Generator().manual_seed(seed)
+        st = processor.special_tokens
+        self.pad, self.eos, self.bos = st.pad, st.eos, st.bos
+        self._cache: dict[tuple, list[int]] = {}
+        if counts[0] and und is None:
+            raise ValueError("data: understanding samples requested but no understanding pool given")
+        if (counts[1] or counts[2]) and gen is None and counts[1]:
+            raise ValueError("data: generation samples requested but no generation pool given")
+
+    # -- state for exact resume
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "gen_rng": self.gen_rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.gen_rng.set_state(state["gen_rng"])
+
+    # -- tokenisation
+    def _encode(self, text: str) -> list[int]:
+        ids = list(self.processor.tokenizer.encode(text))
+        return ids if ids and ids[0] == self.bos else [self.bos] + ids
+
+    def _chat(self, question: str, answer: str, image: bool) -> tuple[list[int], list[bool], list[int]]:
+        key = ("chat", question, answer, image)
+        if key not in self._cache:
+            st = self.processor.special_tokens
+            content = f"{st.image_tag}\n{question}" if image else question
+            prompt = self._encode(render_chat([{"role": "user", "content": content}], self.processor.system_prompt))
+            ids, seq_mask = self.processor.expand_image_tokens(prompt)
+            ans = list(self.processor.tokenizer.encode(" " + answer, add_special_tokens=False)) + [self.eos]
+            ids = ids.tolist() + ans
+            labels = [-100] * len(seq_mask) + ans
+            self._cache[key] = (ids, seq_mask.tolist() + [False] * len(ans), labels)
+        return self._cache[key]
+
+    def _gen_prompt(self, caption: str) -> list[int]:
+        key = ("gen", caption)
+        if key not in self._cache:
+            self._cache[key] = self.processor.encode_generation_prompt(caption).tolist()
+        return self._cache[key]
+
+    def _check_len(self, n: int, what: str) -> None:
+        if n > self.max_seq_len:
+            raise ValueError(f"max_seq_len: a {what} sample is {n} tokens long, more than max_seq_len={self.max_seq_len}")
+
+    # -- batches
+    def lm_batch(self, n_und: int, n_text: int, num_gen_tokens: int) -> dict | None:
+        rows, pix, has_img = [], [], []
+        for _ in range(n_und):
+            i = self.rng.randrange(len(self.und.scenes))
+            q, a = sample_question(self.rng, self.und.scenes[i])
+            rows.append(self._chat(q, a, True))
+            pix.append(self.und.images[i])
+            has_img.append(True)
+        for _ in range(n_text):
+            scene = sample_scene(self.rng)
+            q, a = sample_question(self.rng, scene)
+            rows.append(self._chat(f"{describe(scene)}. {q}", a, False))
+            has_img.append(False)
+        if not rows:
+            return None
+        t = max(len(r[0]) for r in rows)
+        self._check_len(t, "understanding/text")
+        b, n_tok = len(rows), self.processor.num_image_tokens
+        input_ids = torch.full((b, t), self.pad, dtype=torch.long)
+        attention_mask = torch.zeros(b, t, dtype=torch.long)
+        labels = torch.full((b, t), -100, dtype=torch.long)
+        seq_mask = torch.zeros(b, t, dtype=torch.bool)
+        emb_mask = torch.zeros(b, 1, n_tok + 1, dtype=torch.bool)
+        for k, (ids, sm, lab) in enumerate(rows):
+            s = t - len(ids)
+            input_ids[k, s:] = torch.tensor(ids)
+            attention_mask[k, s:] = 1
+            labels[k, s:] = torch.tensor(lab)
+            seq_mask[k, s:] = torch.tensor(sm)
+            emb_mask[k, 0] = has_img[k]
+        size = self.und.images.shape[1] if self.und is not None else self.processor.image_processor.image_size
+        pixel_values = torch.zeros(b, 1, 3, size, size)
+        if pix:
+            pixel_values[:len(pix), 0] = to_pixel_values(np.stack(pix))
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                "images_seq_mask": seq_mask, "images_emb_mask": emb_mask, "pixel_values": pixel_values}
+
+    def gen_batch(self, n: int, num_gen_tokens: int) -> dict | None:
+        if n == 0:
+            return None
+        idx = [self.rng.randrange(len(self.gen.captions)) for _ in range(n)]
+        prompts = []
+        for i in idx:
+            caps = self.gen.captions[i]
+            prompts.append(self._gen_prompt(caps[0] if self.rng.random() < 0.5 else self.rng.choice(caps)))
+        p = max(len(x) for x in prompts)
+        self._check_len(p + 1 + num_gen_tokens, "generation")
+        ids = torch.full((n, p), self.pad, dtype=torch.long)
+        mask = torch.zeros(n, p, dtype=torch.long)
+        for k, x in enumerate(prompts):
+            ids[k, p - len(x):] = torch.tensor(x)
+            mask[k, p - len(x):] = 1
+        from .losses import drop_prompts, sample_logit_normal
+
+        dropped_mask, _ = drop_prompts(mask, self.cfg_drop, self.gen_rng)
+        latents = self.gen.latents[idx]
+        noise = torch.randn(latents.shape, generator=self.gen_rng)
+        t = sample_logit_normal(n, self.t_mean, self.t_std, generator=self.gen_rng)
+        return {"prompt_ids": ids, "prompt_mask": dropped_mask, "position_mask": mask, "latents": latents,
+                "noise": noise, "t": t, "pixel_values": to_pixel_values(self.gen.images[idx])}
+
+    def next_batch(self, num_gen_tokens: int) -> dict:
+        n_und, n_gen, n_text = self.counts
+        return {"lm": self.lm_batch(n_und, n_text, num_gen_tokens), "gen": self.gen_batch(n_gen, num_gen_tokens)}

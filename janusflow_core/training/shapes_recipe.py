@@ -1,0 +1,213 @@
+"""Train the tiny shapes JanusFlow from scratch with one command:
+
+    python -m janusflow_core.training.shapes_recipe --out assets/janusflow-shapes
+
+1. a byte-level BPE tokenizer on the world's texts (official special tokens);
+2. a small ``AutoencoderKL`` (64 px -> 16x16x4 latents) with its scaling factor;
+3. the understanding ViT, pre-trained with SigLIP's sigmoid image-text loss;
+4. JanusFlow's three stages (paper §3.4) on mixed understanding / generation / text-only batches;
+5. the EMA weights exported in the official layout with processor, VAE and ``sampling.json``.
+Intermediate results live in ``--work``; rerunning the command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import save_pretrained
+from ..config import GenDecoderConfig, GenEncoderConfig, JanusFlowConfig, LLMConfig, SigLIPConfig
+from ..modeling import JanusFlowModel
+from ..processing.chat import DEFAULT_SYSTEM_PROMPT, render_chat, render_generation_prompt
+from ..processing.image import ImageProcessor, ImageProcessorConfig
+from ..processing.processor import JanusFlowProcessor, SpecialTokens
+from ..processing.tokenizer import train_bpe_tokenizer
+from ..shapes import TASKS, all_prompts, all_questions, describe, sample_scene
+from ..vae import VAE
+from .config import TrainConfig
+from .data import build_generation_pool, build_understanding_pool
+from .encoder_pretrain import pretrain_siglip
+from .trainer import Trainer, make_accelerator
+from .vae_train import train_vae
+
+IMAGE_SIZE = 64
+
+
+def model_config(vocab_size: int) -> JanusFlowConfig:
+    hidden = 128
+    return JanusFlowConfig(
+        llm=LLMConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256),
+        siglip=SigLIPConfig(model_name="siglip_shapes_patch8_64", image_size=IMAGE_SIZE, patch_size=8, width=128,
+                            layers=4, heads=4),
+        gen_enc=GenEncoderConfig(input_channels=4, kernel_size=2, stride=2, block_out_channels=(64,),
+                                 layers_in_middle=2, hidden_size=hidden),
+        gen_dec=GenDecoderConfig(in_channels=64, out_channels=4, block_out_channels=(64,), layers_in_middle=2,
+                                 hidden_size=hidden),
+        gen_latent_size=IMAGE_SIZE // 4,
+    )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    seed: int = 0
+    vocab_size: int = 400
+    vae_steps: int = 500
+    vae_batch: int = 32
+    siglip_steps: int = 150
+    siglip_batch: int = 64
+    und_pool: int = 4000
+    gen_pool: int = 12000
+    cfg_weight: float = 3.0
+    stages: tuple[TrainConfig, ...] = field(default_factory=lambda: (
+        TrainConfig(stage=1, steps=60, lr=1e-3, warmup_steps=20, batch_und=8, batch_gen=32, batch_text=2,
+                    checkpoint_every=50),
+        TrainConfig(stage=2, steps=1200, lr=1e-3, warmup_steps=50, batch_und=8, batch_gen=32, batch_text=2,
+                    checkpoint_every=100),
+        TrainConfig(stage=3, steps=300, lr=3e-4, warmup_steps=20, batch_und=12, batch_gen=24, batch_text=2,
+                    checkpoint_every=100),
+    ))
+
+    def scaled(self, factor: float) -> Recipe:
+        return replace(self, stages=tuple(replace(s, steps=max(1, round(s.steps * factor))) for s in self.stages))
+
+    def with_stage_fields(self, **kw) -> Recipe:
+        return replace(self, stages=tuple(replace(s, **kw) for s in self.stages))
+
+
+def corpus(seed: int, n_scenes: int = 3000) -> list[str]:
+    """The texts the tokenizer learns from: every prompt, descriptions, questions and answers, the
+    system prompt and the chat template's role names."""
+    rng = random.Random(f"tokenizer:{seed}")
+    texts = [DEFAULT_SYSTEM_PROMPT] * 20 + [render_generation_prompt(p) for t in TASKS for p in all_prompts(t)]
+    for _ in range(n_scenes):
+        scene = sample_scene(rng)
+        texts.append(describe(scene))
+        for items in filter(None, all_questions(scene).values()):
+            q, a = rng.choice(items)
+            texts.append(render_chat([{"role": "user", "content": q}, {"role": "assistant", "content": a}], "",
+                                     add_generation_prompt=False))
+    return texts
+
+
+def build_processor(tokenizer, num_image_tokens: int) -> JanusFlowProcessor:
+    return JanusFlowProcessor(tokenizer, ImageProcessor(ImageProcessorConfig(image_size=IMAGE_SIZE)),
+                              num_image_tokens, SpecialTokens.from_tokenizer(tokenizer))
+
+
+def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
+    from transformers import AutoTokenizer
+
+    work.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    t_all = time.time()
+    log: list[dict] = []
+    # Under `accelerate launch` the main process trains tokenizer, VAE and ViT; the others wait, then
+    # every process loads them and the stages run data-parallel (DDP).
+    acc = make_accelerator(recipe.stages[0] if recipe.stages else TrainConfig())
+    main_proc = acc.is_main_process
+
+    # 1. tokenizer + processor
+    t0 = time.time()
+    tok_dir = work / "tokenizer"
+    if main_proc and not (tok_dir / "tokenizer.json").exists():
+        train_bpe_tokenizer(corpus(recipe.seed), recipe.vocab_size, tok_dir)
+    acc.wait_for_everyone()
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    cfg = model_config(len(tokenizer))
+    processor = build_processor(tokenizer, cfg.num_und_tokens)
+    times["tokenizer"] = time.time() - t0
+
+    # 2. VAE
+    t0 = time.time()
+    vae_dir = work / "vae"
+    if main_proc and not (vae_dir / "config.json").exists():
+        train_vae(recipe.vae_steps, batch=recipe.vae_batch, seed=recipe.seed, progress=progress, log=log).save_pretrained(vae_dir)
+    acc.wait_for_everyone()
+    vae = VAE.from_pretrained(vae_dir)
+    times["vae"] = time.time() - t0
+
+    # 3. understanding encoder (SigLIP-style pre-training)
+    t0 = time.time()
+    vit_path = work / "siglip.pt"
+    if main_proc and not vit_path.exists():
+        vit = pretrain_siglip(cfg.siglip, tokenizer, recipe.siglip_steps, batch=recipe.siglip_batch, seed=recipe.seed,
+                              progress=progress, log=log)
+        torch.save(vit.state_dict(), vit_path)
+    acc.wait_for_everyone()
+    times["siglip"] = time.time() - t0
+    if log:
+        with (work / "pretrain_log.jsonl").open("a") as f:
+            for rec in log:
+                f.write(json.dumps(rec) + "\n")
+
+    if not recipe.stages:
+        return {"times_s": times}
+
+    # 4. data pools
+    t0 = time.time()
+    und_pool = build_understanding_pool(recipe.und_pool, recipe.seed)
+    gen_pool = build_generation_pool(recipe.gen_pool, recipe.seed, vae.encode)
+    times["data"] = time.time() - t0
+
+    # 5. the three stages
+    torch.manual_seed(recipe.seed)
+    model = JanusFlowModel(cfg)
+    model.vision_und_enc_model.vision_tower.load_state_dict(torch.load(vit_path))
+    repa_head = None
+    trainer = None
+    for stage_cfg in recipe.stages:
+        t0 = time.time()
+        trainer = Trainer(model, processor, stage_cfg, work / f"stage{stage_cfg.stage}", und_pool, gen_pool,
+                          repa_head=repa_head, accelerator=acc, progress=progress)
+        result = trainer.train(resume=True)
+        repa_head = trainer.repa_head
+        times[f"stage{stage_cfg.stage}"] = time.time() - t0
+        print(f"stage {stage_cfg.stage}: {result}", flush=True)
+
+    # 6. export the EMA weights
+    if main_proc:
+        ema = trainer.ema_model().eval()
+        save_pretrained(ema, out, processor=processor, vae=vae, sampling={"steps": 30, "cfg": recipe.cfg_weight})
+    acc.wait_for_everyone()
+    times["total"] = time.time() - t_all
+    summary = {"times_s": {k: round(v, 1) for k, v in times.items()},
+               "recipe": dataclasses.asdict(recipe)}
+    if main_proc:
+        (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="assets/janusflow-shapes")
+    ap.add_argument("--work", default=None, help="intermediate results (default: runs/<name of --out>)")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps")
+    ap.add_argument("--no-repa", action="store_true", help="ablation: REPA weight 0")
+    ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = Recipe().scaled(args.scale)
+    if args.no_repa:
+        recipe = recipe.with_stage_fields(repa_weight=0.0)
+    if args.cfg is not None:
+        recipe = replace(recipe, cfg_weight=args.cfg)
+    out = Path(args.out)
+    work = Path(args.work) if args.work else Path("runs") / out.name
+    summary = run(recipe, out, work, progress=not args.quiet)
+    print(json.dumps(summary["times_s"]), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Train the small diffusers ``AutoencoderKL`` the shapes model uses as its VAE (JanusFlow keeps its VAE
+frozen; the published model borrows SDXL's, we train one on the shapes world).
+
+MSE reconstruction + a tiny KL term on freshly rendered scenes; afterwards the latent
+``scaling_factor`` = 1 / std of the posterior means is stored in the VAE's config, so scaled latents have
+unit variance as the rectified flow assumes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
+
+from ..shapes import render, sample_scene
+from .data import to_pixel_values
+
+
+def shapes_autoencoder(block_out_channels: tuple[int, ...] = (16, 32, 32), latent_channels: int = 4,
+                       image_size: int = 64, norm_num_groups: int = 8) -> AutoencoderKL:
+    """4x downsampling (64 px -> 16x16x4). No attention in the mid block: the autoencoder is fully
+    convolutional, so it trains on crops and runs on whole images."""
+    n = len(block_out_channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+                         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=block_out_channels,
+                         layers_per_block=1, latent_channels=latent_channels, norm_num_groups=norm_num_groups,
+                         sample_size=image_size, mid_block_add_attention=False)
+
+
+def random_images(rng: random.Random, n: int) -> torch.Tensor:
+    return to_pixel_values(np.stack([np.asarray(render(sample_scene(rng))) for _ in range(n)]))
+
+
+def random_crops(x: torch.Tensor, size: int, rng: random.Random) -> torch.Tensor:
+    """One random size x size crop per image (B, 3, S, S); S when size >= S."""
+    s = x.shape[-1]
+    if size >= s:
+        return x
+    out = []
+    for img in x:
+        i, j = rng.randrange(s - size + 1), rng.randrange(s - size + 1)
+        out.append(img[:, i:i + size, j:j + size])
+    return torch.stack(out)
+
+
+def train_vae(steps: int, batch: int = 32, lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0,
+              crop: int = 32, progress: bool = True, log: list | None = None) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    rng = random.Random(f"vae:{seed}")
+    vae = shapes_autoencoder()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    t0 = time.time()
+    for step in (bar := tqdm(range(steps), desc="vae", disable=not progress, dynamic_ncols=True)):
+        x = random_crops(random_images(rng, batch), crop, rng)
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample()).sample
+        mse = F.mse_loss(recon, x)
+        kl = post.kl().mean() / x[0].numel()
+        loss = mse + kl_weight * kl
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        bar.set_postfix(mse=f"{mse.item():.5f}", kl=f"{kl.item():.2f}")
+        if log is not None and (step + 1) % 20 == 0:
+            log.append({"stage": "vae", "step": step + 1, "time_s": round(time.time() - t0, 2), "mse": mse.item()})
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        x = random_images(rng, 512)
+        z = torch.cat([vae.encode(x[i:i + 128]).latent_dist.mean for i in range(0, 512, 128)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return vae

@@ -1,0 +1,229 @@
+"""Training library: losses against hand-computed values, stages, EMA, checkpoints, resume, config
+errors, and a floor on the shipped shapes model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from janusflow_core.training import (TrainConfig, ar_loss, drop_prompts, ema_init, flow_loss, interpolate, is_trainable,
+                                     match_grid, repa_loss, sample_logit_normal, update_ema)
+from janusflow_core.training.tiny import tiny_setup
+from janusflow_core.training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "assets" / "janusflow-shapes"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return tiny_setup(tmp_path_factory.mktemp("tiny"))
+
+
+def small_cfg(**kw) -> TrainConfig:
+    base = TrainConfig(stage=2, steps=4, batch_und=2, batch_gen=3, batch_text=1, max_seq_len=256, lr=3e-3,
+                       warmup_steps=1, repa_weight=0.5, repa_layer=1, checkpoint_every=2, log_every=1)
+    return replace(base, **kw)
+
+
+# -- losses ------------------------------------------------------------------------------------------
+
+def test_interpolate_and_flow_loss_by_hand():
+    x = torch.tensor([[1.0, 2.0]])
+    z0 = torch.tensor([[3.0, -1.0]])
+    t = torch.tensor([0.25])
+    assert torch.allclose(interpolate(x, z0, t), torch.tensor([[0.25 * 1 + 0.75 * 3, 0.25 * 2 + 0.75 * -1]]))
+    assert torch.equal(interpolate(x, z0, torch.zeros(1)), z0)  # t = 0 is noise
+    assert torch.equal(interpolate(x, z0, torch.ones(1)), x)  # t = 1 is the image
+    v = torch.tensor([[0.0, 0.0]])  # target x - z0 = (-2, 3): mse = (4 + 9) / 2
+    assert flow_loss(v, x, z0)["flow"].item() == pytest.approx(6.5)
+
+
+def test_ar_loss_by_hand_ignores_masked_targets():
+    logits = torch.tensor([[[0.0, math.log(3.0)], [5.0, -5.0]]])  # (1, 2, 2)
+    targets = torch.tensor([[1, -100]])
+    # p(1) = 3 / (1 + 3) at the only counted position
+    assert ar_loss(logits, targets)["ar"].item() == pytest.approx(-math.log(0.75), rel=1e-6)
+
+
+def test_repa_loss_by_hand_and_stop_gradient():
+    proj = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]], requires_grad=True)
+    feats = torch.tensor([[[2.0, 0.0], [0.0, 3.0]]], requires_grad=True)
+    loss = repa_loss(proj, feats)["repa"]
+    assert loss.item() == pytest.approx(-(1.0 + 1 / math.sqrt(2)) / 2)
+    loss.backward()
+    assert feats.grad is None and proj.grad is not None
+
+
+def test_match_grid_identity_and_interpolation():
+    f = torch.randn(2, 16, 5)
+    assert match_grid(f, 4) is f
+    g = match_grid(torch.ones(2, 4, 5), 4)  # 2x2 -> 4x4
+    assert g.shape == (2, 16, 5) and torch.allclose(g, torch.ones_like(g))
+
+
+def test_logit_normal_sampler():
+    t = sample_logit_normal(20000, 0.0, 1.0, generator=torch.Generator().manual_seed(0))
+    assert 0 < t.min() and t.max() < 1
+    assert t.median().item() == pytest.approx(0.5, abs=0.02)
+    u = torch.logit(t)
+    assert u.std().item() == pytest.approx(1.0, abs=0.03)
+
+
+def test_drop_prompts_keeps_bos_only():
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    dropped, which = drop_prompts(mask, 0.999999, torch.Generator().manual_seed(0))
+    assert which.all()
+    assert dropped.tolist() == [[0, 1, 0, 0], [1, 0, 0, 0]]
+    kept, which = drop_prompts(mask, 0.0, torch.Generator().manual_seed(0))
+    assert not which.any() and torch.equal(kept, mask)
+    frac = drop_prompts(torch.ones(20000, 3, dtype=torch.long), 0.1, torch.Generator().manual_seed(1))[1].float().mean()
+    assert frac.item() == pytest.approx(0.1, abs=0.01)
+
+
+def test_ema_update_by_hand():
+    m = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    ema = ema_init(m)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[3.0, 4.0]]))
+    update_ema(ema, m, 0.9)
+    assert torch.allclose(ema["weight"], torch.tensor([[1.2, 2.2]]))
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_loss_decreases_on_a_tiny_batch(setup, tmp_path):
+    model = setup.model()
+    cfg = small_cfg(steps=25, lr=3e-3, warmup_steps=1, min_lr_ratio=1.0, checkpoint_every=100, cfg_drop=0.0)
+    tr = Trainer(model, setup.processor, cfg, tmp_path, setup.und_pool, setup.gen_pool, progress=False)
+    fixed = tr.batcher.next_batch(model.config.num_gen_tokens)
+    tr.batcher.next_batch = lambda g: fixed  # the same batch at every step
+    first = None
+    from janusflow_core.training.forward import LossWeights, TrainModule
+
+    module = TrainModule(model, tr.repa_head, cfg.repa_layer, LossWeights(repa=cfg.repa_weight))
+    with torch.no_grad():
+        first = {k: v.item() for k, v in module(fixed).items()}
+    tr.train(resume=False)
+    with torch.no_grad():
+        last = {k: v.item() for k, v in module(fixed).items()}
+    for k in ("ar", "flow", "repa", "loss"):
+        assert last[k] < first[k], (k, first[k], last[k])
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_freezing(setup, tmp_path, stage):
+    model = setup.model()
+    before = _params(model)
+    cfg = small_cfg(stage=stage, steps=1, checkpoint_every=100)
+    Trainer(model, setup.processor, cfg, tmp_path, setup.und_pool, setup.gen_pool, progress=False).train(resume=False)
+    after = _params(model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    expected = {k for k in before if is_trainable(k, stage)}
+    assert changed <= expected  # nothing frozen moved
+    assert len(changed) >= 0.9 * len(expected)  # (a few zero-initialised scalars may get zero gradient)
+    und = {k for k in before if k.startswith("vision_und_enc_model.")}
+    llm = {k for k in before if k.startswith("language_model.")}
+    assert (und & changed) == set() if stage < 3 else und - changed <= {k for k in und if ".attn_pool." in k}
+    assert (llm & changed) == set() if stage == 1 else len(llm & changed) > 0
+    assert all(".attn_pool." not in k for k in changed)
+
+
+def test_checkpoint_reloads_bit_exactly(setup, tmp_path):
+    from janusflow_core.checkpoint import load_pretrained
+
+    model = setup.model()
+    tr = Trainer(model, setup.processor, small_cfg(steps=2), tmp_path, setup.und_pool, setup.gen_pool, progress=False)
+    tr.train(resume=False)
+    bundle = load_pretrained(tr.checkpoint_dir, device="cpu", dtype="fp32", with_processor=False, with_vae=False)
+    got, want = bundle.model.state_dict(), model.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert (tmp_path / "log.jsonl").read_text().count("\n") == 2
+
+
+def test_resume_continues_identically(setup, tmp_path):
+    cfg = small_cfg(steps=4, checkpoint_every=2)
+    a = setup.model()
+    ta = Trainer(a, setup.processor, cfg, tmp_path / "a", setup.und_pool, setup.gen_pool, progress=False)
+    ta.train(resume=False)
+    b1 = setup.model()
+    Trainer(b1, setup.processor, cfg, tmp_path / "b", setup.und_pool, setup.gen_pool, progress=False).train(
+        resume=False, stop_at=3)  # "crash" after step 3: the checkpoint holds step 2
+    b2 = setup.model(seed=123)  # a fresh process: different weights until the checkpoint is loaded
+    tb = Trainer(b2, setup.processor, cfg, tmp_path / "b", setup.und_pool, setup.gen_pool, progress=False)
+    result = tb.train(resume=True)
+    assert result["resumed"] and result["step"] == 4
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b2.state_dict()[k]), k
+    for k in ta.ema:
+        assert torch.equal(ta.ema[k], tb.ema[k]), k
+
+
+# -- bad configs fail before compute, naming the field -----------------------------------------------
+
+@pytest.mark.parametrize("change, field", [
+    ({"repa_layer": 7}, "repa_layer"),
+    ({"stage": 4}, "stage"),
+    ({"max_seq_len": 8}, "max_seq_len"),
+    ({"ema_decay": 1.5}, "ema_decay"),
+    ({"cfg_drop": 1.0}, "cfg_drop"),
+    ({"batch_und": 0, "batch_gen": 0, "batch_text": 0}, "batch_und + batch_gen + batch_text"),
+])
+def test_bad_config_names_the_field(setup, change, field):
+    with pytest.raises(ValueError, match=field.replace("+", r"\+")):
+        small_cfg(**change).validate(setup.config)
+
+
+def test_missing_data_and_wrong_latents_are_named(setup, tmp_path):
+    with pytest.raises(ValueError, match="batch_gen"):
+        Trainer(setup.model(), setup.processor, small_cfg(), tmp_path, setup.und_pool, None, progress=False)
+    with pytest.raises(ValueError, match="batch_und"):
+        Trainer(setup.model(), setup.processor, small_cfg(), tmp_path, None, setup.gen_pool, progress=False)
+    bad = replace(setup.gen_pool, latents=torch.zeros(len(setup.gen_pool.captions), 4, 6, 6))
+    with pytest.raises(ValueError, match="gen_latent_size"):
+        Trainer(setup.model(), setup.processor, small_cfg(), tmp_path, setup.und_pool, bad, progress=False)
+
+
+def test_non_divisible_grid_is_named():
+    from janusflow_core.training.tiny import tiny_config
+
+    with pytest.raises(ValueError, match="gen_latent_size"):
+        replace(tiny_config(300), gen_latent_size=9)
+
+
+def test_too_long_sample_is_named(setup, tmp_path):
+    tr = Trainer(setup.model(), setup.processor, small_cfg(max_seq_len=30), tmp_path, setup.und_pool,
+                 setup.gen_pool, progress=False)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        tr.batcher.next_batch(setup.config.num_gen_tokens)
+
+
+# -- the shipped model -------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not (SHIPPED / "config.json").exists(), reason="assets/janusflow-shapes not trained yet")
+def test_shipped_model_reaches_its_floor():
+    from janusflow_core.evaluation import benchmarks
+
+    torch.set_num_threads(2)
+    answer = benchmarks.make_answerer(str(SHIPPED), device="cpu", dtype="float32")
+    vqa = benchmarks.run_vqa(answer, n=50, seed=1)
+    generate = benchmarks.make_generator(str(SHIPPED), device="cpu", dtype="float32")
+    gen = benchmarks.run_geneval(generate, per_task=4, seed=1)
+    assert vqa["accuracy"] >= VQA_FLOOR, vqa["accuracy"]
+    assert gen["score"]["overall"] >= GEN_FLOOR, gen["score"]
+
+
+VQA_FLOOR = 0.5
+GEN_FLOOR = 0.2
