@@ -83,3 +83,35 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     arr = arr.permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
+
+
+class LatentRGB:
+    """An approximate decoder for previews: one linear map from a scaled latent pixel to its RGB colour.
+
+    Fitted once by least squares on the VAE's own round trips (images of random colour blocks, encoded
+    and decoded, the decodes averaged over each latent pixel's f x f patch), it costs a (3, C) matrix
+    product per latent pixel instead of a decoder pass. Output is at latent resolution (f times smaller).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        self.weight = weight  # (3, C)
+        self.bias = bias  # (3,)
+
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, vae: VAE, num_images: int = 8, latent_side: int = 8, seed: int = 0) -> LatentRGB:
+        g = torch.Generator().manual_seed(seed)
+        side = latent_side * vae.downsample
+        blocks = torch.rand(num_images, 3, latent_side // 2, latent_side // 2, generator=g) * 2 - 1
+        images = torch.nn.functional.interpolate(blocks, size=(side, side), mode="nearest")  # (n, 3, S, S)
+        z = vae.encode(images).float().cpu()  # (n, C, s, s)
+        target = torch.nn.functional.avg_pool2d(vae.decode(z).cpu(), vae.downsample)  # (n, 3, s, s)
+        x = torch.cat([z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), torch.ones(z[:, :1].numel(), 1)], 1)
+        y = target.permute(0, 2, 3, 1).reshape(-1, 3)
+        solution = torch.linalg.lstsq(x.double(), y.double()).solution.float()  # (C + 1, 3)
+        return cls(solution[:-1].T.contiguous(), solution[-1].contiguous())
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, h, w) -> approximate images (B, 3, h, w) in [-1, 1], float32."""
+        w, b = self.weight.to(latents.device), self.bias.to(latents.device)
+        return (torch.einsum("oc,bchw->bohw", w, latents.float()) + b[:, None, None]).clamp(-1, 1)
