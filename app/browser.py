@@ -28,6 +28,8 @@ _WATCH_PREVIEW = """() => { window.__previewSources = []; const root = document.
   new MutationObserver(() => { const img = root.querySelector('img'); const src = img && img.getAttribute('src');
     const seen = window.__previewSources; if (src && seen[seen.length - 1] !== src) seen.push(src); })
   .observe(root, {subtree: true, childList: true, attributes: true}); }"""
+_INPUT_READY = """() => { const box = document.querySelector('#chat-input textarea');
+  return box && !box.disabled && box.value === '' && !document.querySelector('#chat-input .pending'); }"""
 
 
 def find_chromium() -> str | None:
@@ -73,6 +75,8 @@ def ask(page: Any, question: str, image: str | Path | None = None, timeout_s: fl
     page.locator("#chat-input textarea").press("Enter")
     page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('tokens/s')",
                            timeout=timeout_s * 1000)
+    page.wait_for_function(_INPUT_READY, timeout=10_000)  # the box is emptied and enabled again
+    page.mouse.move(0, 0)
     return page.evaluate("window.__answerLengths")
 
 
@@ -87,5 +91,6 @@ def generate(page: Any, prompt: str, steps: int, num_images: int = 1, timeout_s:
     page.wait_for_function(f"() => document.querySelectorAll('#gallery img').length >= {num_images}",
                            timeout=timeout_s * 1000)
     page.wait_for_function("() => !document.querySelector('#generate-btn').disabled", timeout=10_000)
+    page.mouse.move(0, 0)
     time.sleep(0.3)  # let the last images finish painting before a screenshot
     return page.evaluate("window.__previewSources")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from janusflow_core import ChatPipeline, GenerationPipeline, JanusFlowBundle, load_pretrained
 from janusflow_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAMPLING, read_sampling
+from janusflow_core.vae import LatentRGB
 
 
 @dataclass
@@ -24,6 +25,15 @@ class Loaded:
     chat: ChatPipeline
     generator: GenerationPipeline
     seconds: float
+    _latent_rgb: LatentRGB | None = None
+    _fit_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def latent_rgb(self) -> LatentRGB:
+        """The approximate latent-to-RGB preview map, fitted to this VAE on first use."""
+        with self._fit_lock:
+            if self._latent_rgb is None:
+                self._latent_rgb = LatentRGB.fit(self.bundle.vae)
+            return self._latent_rgb
 
     @property
     def image_size(self) -> int:

@@ -1,7 +1,9 @@
 """Generation tab handlers: run the sampler and show every step's preview, then the final images.
 
-``GenerationPipeline.iterate`` yields one StepState per solver step; each is decoded for display
-(``preview``: the predicted clean image x̂1 or the noisy z_t) and sent to the page at once.
+``GenerationPipeline.iterate`` yields one StepState per solver step; each is decoded for display and
+sent to the page at once: the predicted clean image x̂1 or the noisy z_t through the VAE
+(``GenerationPipeline.preview``), or x̂1 through the fitted linear latent-to-RGB map (``LatentRGB``,
+approximate, nearly free). Previews travel at the model's resolution; the page enlarges them.
 """
 
 from __future__ import annotations
@@ -12,19 +14,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
-from janusflow_core.sampling import SOLVERS
+from janusflow_core.sampling import SOLVERS, StepState
+from janusflow_core.vae import to_pil
 
 from .components import refuse
-from .display import preview_sheet
-from .engine import Engine, EngineError
+from .display import grid
+from .engine import Engine, EngineError, Loaded
 from .inputs import MAX_PROMPT_CHARS, MAX_SEED, check_number, check_text
 from .sessions import Runs, session_id
 
 MAX_STEPS = 50
 MAX_IMAGES = 8
 CFG_RANGE = (1.0, 10.0)
-PREVIEW_MODES = {"x1": "predicted clean image x̂₁", "zt": "noisy latent z_t"}
+PREVIEW_MODES = {"x1": "predicted clean image x̂₁ (VAE)", "x1-fast": "x̂₁, fast approximation (linear latent→RGB)",
+                 "zt": "noisy latent z_t (VAE)"}
 SAMPLER_NAMES = {"euler": "Euler", "heun": "Heun"}
 
 Output = tuple[Any, str, Any]  # (preview image, status line, gallery)
@@ -34,10 +39,16 @@ def random_seed() -> int:
     return random.randint(0, MAX_SEED)
 
 
+def preview_images(loaded: Loaded, state: StepState, mode: str) -> list[Image.Image]:
+    """One step's images for display, in the given PREVIEW_MODES mode."""
+    if mode == "x1-fast":
+        return to_pil(loaded.latent_rgb()(state.x1_hat))
+    return loaded.generator.preview(state, mode)
+
+
 class GenerateHandlers:
-    def __init__(self, engine: Engine, preview_size: int = 384):
+    def __init__(self, engine: Engine):
         self.engine = engine
-        self.preview_size = preview_size
         self.runs = Runs("generation")
 
     def check(self, prompt: str, cfg: float, steps: int, seed: int, num_images: int, sampler: str,
@@ -65,14 +76,15 @@ class GenerateHandlers:
             if self.engine.state != "ready":
                 yield gr.skip(), "Loading the model …", gr.skip()
             try:
-                pipe = self.engine.get().generator
+                loaded = self.engine.get()
             except EngineError as exc:
                 raise refuse(str(exc)) from None
+            pipe = loaded.generator
             start = time.perf_counter()
             state, shown = None, None
             try:
                 for state in pipe.iterate(prompt, steps, cfg, seed, num_images, sampler):
-                    shown = preview_sheet(pipe.preview(state, preview), self.preview_size)
+                    shown = grid(preview_images(loaded, state, preview))
                     status = f"Step **{state.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
                     yield shown, status, ([] if state.index == 0 else gr.skip())
                     if run.stopped and state.index + 1 < steps:

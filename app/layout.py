@@ -27,6 +27,7 @@ MODEL_QUEUE = "model"  # chat and generation share one concurrency limit
 
 CSS = """
 #preview img, #gallery img, #chatbot img, #chat-examples img { image-rendering: pixelated; }
+#preview img { object-fit: contain !important; width: 100%; height: 100%; }
 #model-status { font-size: 0.95em; opacity: 0.9; }
 #gen-status, #chat-stats { min-height: 1.6em; }
 """
@@ -41,10 +42,10 @@ def chat_examples() -> list[list[dict[str, Any]]]:
             for e in json.loads(index.read_text())]
 
 
-def create_demo(engine: Engine, *, preview_size: int = 384) -> gr.Blocks:
+def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
     """Build the Blocks app around ``engine`` (nothing is loaded here)."""
     chat = ChatHandlers(engine)
-    gen = GenerateHandlers(engine, preview_size=preview_size)
+    gen = GenerateHandlers(engine)
     cfg_default = min(max(float(engine.sampling_defaults().get("cfg", 2.0)), CFG_RANGE[0]), CFG_RANGE[1])
 
     def model_status() -> Iterator[str]:
@@ -116,34 +117,39 @@ def create_demo(engine: Engine, *, preview_size: int = 384) -> gr.Blocks:
                         gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Try")
                     with gr.Column(scale=3):
                         preview = gr.Image(label="Live preview", type="pil", format="png", interactive=False,
-                                           height=preview_size + 24, elem_id="preview", buttons=["fullscreen"])
+                                           height=preview_height, elem_id="preview", buttons=["fullscreen"])
                         progress = gr.Markdown(label="status", elem_id="gen-status")
-                        gallery = gr.Gallery(label="Images", format="png", columns=4, height="auto",
+                        gallery = gr.Gallery(label="Images", format="png", columns=4, height="auto", fit_columns=False,
                                              object_fit="contain", elem_id="gallery",
                                              buttons=["download", "fullscreen"])
         for component in (box, temperature, top_p, max_new, chat_seed, cfg, steps, gen_seed, num_images, sampler,
                           preview_mode):
             labelled(component)
 
-        # -- events: chat ------------------------------------------------------------------------
-        chat_io = {"inputs": [box, temperature, top_p, max_new, chat_seed, conversation],
-                   "outputs": [chatbot, stats, conversation]}
-        ask = box.submit(chat.submit, **chat_io, api_name="chat", concurrency_id=MODEL_QUEUE,
-                         show_progress="minimal")
-        box.submit(lambda: gr.update(value=None, interactive=False), None, box, queue=False,
-                   api_visibility="private")
-        ask.then(lambda: gr.update(interactive=True), None, box, queue=False, api_visibility="private")
+        # -- events --------------------------------------------------------------------------------
+        # Each run is a chain: lock the input (private), the run itself (the public endpoint), unlock.
+        # Chaining keeps the order; the endpoint can also be called on its own through the API.
+        def lock() -> dict:
+            return gr.update(interactive=False)
+
+        def unlock() -> dict:
+            return gr.update(interactive=True)
+
+        private = {"queue": False, "api_visibility": "private"}
+        ask = box.submit(lock, None, box, **private).then(
+            chat.submit, [box, temperature, top_p, max_new, chat_seed, conversation], [chatbot, stats, conversation],
+            api_name="chat", concurrency_id=MODEL_QUEUE, show_progress="minimal")
+        ask.then(unlock, None, box, **private)
+        ask.success(lambda: None, None, box, **private)  # the message was sent: empty the box
         stop_chat.click(chat.stop, None, None, api_name="stop_chat", queue=False)
         clear_chat.click(chat.clear, None, [chatbot, stats, conversation], api_name="clear_chat", queue=False,
                          cancels=[ask])
+        chatbot.clear(chat.clear, None, [chatbot, stats, conversation], cancels=[ask], **private)  # its bin icon
 
-        # -- events: generation ----------------------------------------------------------------------
-        triggers = [run.click, prompt.submit]
-        go = gr.on(triggers, gen.run, [prompt, cfg, steps, gen_seed, num_images, sampler, preview_mode],
-                   [preview, progress, gallery], api_name="generate", concurrency_id=MODEL_QUEUE,
-                   show_progress="minimal")
-        gr.on(triggers, lambda: gr.update(interactive=False), None, run, queue=False, api_visibility="private")
-        go.then(lambda: gr.update(interactive=True), None, run, queue=False, api_visibility="private")
+        go = gr.on([run.click, prompt.submit], lock, None, run, **private).then(
+            gen.run, [prompt, cfg, steps, gen_seed, num_images, sampler, preview_mode], [preview, progress, gallery],
+            api_name="generate", concurrency_id=MODEL_QUEUE, show_progress="minimal")
+        go.then(unlock, None, run, **private)
         stop_gen.click(gen.stop, None, None, api_name="stop_generate", queue=False)
         dice.click(gen.randomise, None, gen_seed, api_name="random_seed", queue=False)
 

@@ -55,11 +55,17 @@ def test_chat_answer_grows_in_the_browser(page, tmp_path):
     assert "tokens/s" in page.inner_text("#chat-stats")
     page.screenshot(path=str(tmp_path / "chat.png"))
     assert Image.open(tmp_path / "chat.png").size == (1280, 900)
+    page.locator("#chat-clear").click()
+    page.wait_for_function("() => !document.querySelector('#chatbot .bot')")
+    assert page.inner_text("#chat-stats").strip() == ""
 
 
 def test_preview_updates_every_step_and_the_gallery_fills(page, tmp_path):
     sources = generate(page, "a red circle", steps=STEPS, num_images=2)
     assert len(sources) >= STEPS  # a new preview image for every step
+    box = page.locator("#preview img").bounding_box()
+    assert box["width"] >= 256 and box["height"] >= 256  # 65 x 32 px enlarged to be seen
+    assert page.evaluate("getComputedStyle(document.querySelector('#preview img')).imageRendering") == "pixelated"
     assert page.locator("#gallery img").count() >= 2
     assert f"{STEPS} steps" in page.inner_text("#gen-status")
     page.screenshot(path=str(tmp_path / "generate.png"))

@@ -17,9 +17,10 @@ from PIL import Image
 
 from app import Engine, EngineError, create_demo
 from app.chat import ChatHandlers
-from app.display import enlarge, grid, preview_sheet
+from app.display import grid
 from app.generate import GenerateHandlers
 from janusflow_core import GenerationPipeline
+from janusflow_core.vae import LatentRGB, to_pil
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "three_triangles.png"
 SAMPLED = {"temperature": 1.5, "top_p": 1.0, "seed": 0}  # the random tiny model writes spaces only when sampling
@@ -45,7 +46,7 @@ def chat(engine: Engine) -> ChatHandlers:
 
 @pytest.fixture(scope="module")
 def gen(engine: Engine) -> GenerateHandlers:
-    return GenerateHandlers(engine, preview_size=256)
+    return GenerateHandlers(engine)
 
 
 def session(name: str) -> SimpleNamespace:
@@ -248,7 +249,7 @@ def test_generation_previews_every_step_then_fills_the_gallery(gen, engine):
     assert len(outputs) == 6
     for k, (image, status, gallery) in enumerate(outputs[:-1]):
         assert f"Step **{k + 1} / 5**" in status
-        assert isinstance(image, Image.Image) and image.size == (7 * (2 * 32 + 1), 7 * 32)  # 2 tiles, x7
+        assert isinstance(image, Image.Image) and image.size == (2 * 32 + 1, 32)  # 2 tiles, model resolution
         assert gallery == ([] if k == 0 else gr.skip())  # cleared once, then left alone until the end
     previews = [o[0].tobytes() for o in outputs[:-1]]
     assert len(set(previews)) == 5  # every step shows something new
@@ -258,15 +259,40 @@ def test_generation_previews_every_step_then_fills_the_gallery(gen, engine):
     assert [im.tobytes() for im, _ in gallery] == [im.tobytes() for im in direct.images]
 
 
-def test_preview_modes_show_x1_or_zt(gen, engine):
-    x1 = run_gen(gen, steps=3, num_images=1, preview="x1")
-    zt = run_gen(gen, steps=3, num_images=1, preview="zt")
+def test_preview_modes_show_x1_zt_or_the_fast_approximation(gen, engine):
+    runs = {mode: run_gen(gen, steps=3, num_images=1, preview=mode) for mode in ("x1", "zt", "x1-fast")}
     pipe = GenerationPipeline(engine.get().bundle)
     first = next(pipe.iterate("a red circle", 3, 2.0, 3, 1, "euler"))
-    assert x1[0][0].tobytes() == preview_sheet(pipe.preview(first, "x1"), 256).tobytes()
-    assert zt[0][0].tobytes() == preview_sheet(pipe.preview(first, "zt"), 256).tobytes()
-    assert x1[0][0].tobytes() != zt[0][0].tobytes()
-    assert x1[-1][2][0][0].tobytes() == zt[-1][2][0][0].tobytes()  # the preview mode never changes the result
+    assert runs["x1"][0][0].tobytes() == grid(pipe.preview(first, "x1")).tobytes()
+    assert runs["zt"][0][0].tobytes() == grid(pipe.preview(first, "zt")).tobytes()
+    fast = to_pil(LatentRGB.fit(engine.get().bundle.vae)(first.x1_hat))
+    assert runs["x1-fast"][0][0].tobytes() == grid(fast).tobytes() and fast[0].size == (8, 8)  # latent resolution
+    assert len({r[0][0].tobytes() for r in runs.values()}) == 3
+    finals = {r[-1][2][0][0].tobytes() for r in runs.values()}
+    assert len(finals) == 1  # the preview never changes the result
+
+
+def test_latent_rgb_is_exact_for_a_linear_decoder():
+    """LatentRGB (janusflow_core.vae, added for this app's fast preview) recovers a linear decoder."""
+    f = torch.nn.functional
+    g = torch.Generator().manual_seed(0)
+    mix, colour = torch.randn(4, 3, generator=g), torch.randn(3, 4, generator=g)
+    bias = 0.1 * torch.randn(3, generator=g)
+
+    class LinearVAE:
+        downsample = 4
+
+        def encode(self, images):
+            return torch.einsum("cj,bjhw->bchw", mix, f.avg_pool2d(images, 4)) * 0.3
+
+        def decode(self, z):
+            return f.interpolate(torch.einsum("oc,bchw->bohw", colour, z) + bias[:, None, None], scale_factor=4)
+
+    vae = LinearVAE()
+    fitted = LatentRGB.fit(vae)
+    z = vae.encode(torch.rand(3, 3, 32, 32, generator=g) * 2 - 1)
+    expected = f.avg_pool2d(vae.decode(z), 4).clamp(-1, 1)
+    assert torch.allclose(fitted(z), expected, atol=1e-5)
 
 
 def test_heun_is_a_different_sampler(gen):
@@ -329,15 +355,10 @@ def test_generation_busy_session_is_refused(gen):
 # -- display -------------------------------------------------------------------------------------------------
 
 
-def test_previews_are_enlarged_with_nearest_neighbour():
-    tile = Image.new("RGB", (32, 32), "red")
-    tile.putpixel((0, 0), (0, 0, 255))
-    big = enlarge(tile, 384)
-    assert big.size == (384, 384)
-    assert big.getpixel((11, 11)) == (0, 0, 255) and big.getpixel((12, 12)) == (255, 0, 0)  # crisp 12x12 block
-    assert enlarge(Image.new("RGB", (384, 384)), 384).size == (384, 384)
-    assert enlarge(Image.new("RGB", (100, 50)), 384).size == (300, 150)
-    sheet = grid([tile] * 3)
-    assert sheet.size == (65, 65) and sheet.getpixel((64, 64)) == (255, 255, 255)  # 2 x 2, one empty cell
-    assert preview_sheet([tile], 384).size == (384, 384)
-    assert preview_sheet([tile] * 8, 384).size == (7 * 98, 7 * 98)  # 3 x 3 tiles, sheet within 768 px
+def test_a_batch_is_tiled_into_one_sheet_at_model_resolution():
+    tiles = [Image.new("RGB", (32, 32), c) for c in ("red", "green", "blue")]
+    sheet = grid(tiles)
+    assert sheet.size == (65, 65)  # 2 x 2 with a 1 px gap
+    assert sheet.getpixel((0, 0)) == (255, 0, 0) and sheet.getpixel((33, 0)) == (0, 128, 0)
+    assert sheet.getpixel((0, 33)) == (0, 0, 255) and sheet.getpixel((64, 64)) == (255, 255, 255)  # empty cell
+    assert grid(tiles[:1]).size == (32, 32) and grid(tiles * 3).size == (98, 98)  # 9 images: 3 x 3
