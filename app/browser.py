@@ -65,6 +65,16 @@ def set_number(page: Any, elem_id: str, value: float) -> None:
     box.press("Enter")
 
 
+def move_slider(page: Any, elem_id: str, value: int) -> None:
+    """Move an integer slider (step 1) to ``value`` with the arrow keys, as a keyboard user does."""
+    handle = page.locator(f"#{elem_id} input[type=range]")
+    current = int(float(handle.input_value()))
+    handle.focus()
+    for _ in range(abs(value - current)):
+        handle.press("ArrowRight" if value > current else "ArrowLeft")
+    page.wait_for_function(f"() => document.querySelector('#{elem_id} input[type=number]').value == '{value}'")
+
+
 def ask(page: Any, question: str, image: str | Path | None = None, timeout_s: float = 60) -> list[int]:
     """Send a question (with an image) and wait for the speed line; returns the answer lengths seen."""
     if image is not None:
@@ -84,7 +94,7 @@ def generate(page: Any, prompt: str, steps: int, num_images: int = 1, timeout_s:
     """Run a generation from the Generate tab and wait for the gallery; returns the preview sources seen."""
     page.get_by_role("tab", name="Generate").click()
     page.locator("#prompt textarea").fill(prompt)
-    set_number(page, "steps", steps)
+    move_slider(page, "steps", steps)
     set_number(page, "num-images", num_images)
     page.evaluate(_WATCH_PREVIEW)
     page.locator("#generate-btn").click()

@@ -7,6 +7,7 @@ The model sees the same turns (``images`` per message, as ``ChatPipeline.stream`
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -21,6 +22,7 @@ from .sessions import Runs, session_id
 
 MAX_NEW_TOKENS = 2048
 DEFAULT_QUESTION = "Describe the image."  # an image sent without text
+ABOUT_AN_IMAGE = re.compile(r"\b(image|picture|photo|screenshot)s?\b", re.IGNORECASE)
 
 Turn = dict[str, Any]
 
@@ -103,6 +105,9 @@ class ChatHandlers:
         text = check_text("message", text, MAX_MESSAGE_CHARS, required=False) or DEFAULT_QUESTION
         images = [open_image(f) for f in files]
         turns = list(conversation or [])
+        if not images and not any(t.get("images") for t in turns) and ABOUT_AN_IMAGE.search(text):
+            gr.Warning("No image is attached, so the answer comes from the text alone. Attach one with the "
+                       "clip icon, drop it on the box or paste it.")
         sid = session_id(request)
         with self.runs.start(sid) as run:
             try:

@@ -81,12 +81,11 @@ class GenerateHandlers:
                 raise refuse(str(exc)) from None
             pipe = loaded.generator
             start = time.perf_counter()
-            state, shown = None, None
             try:
                 for state in pipe.iterate(prompt, steps, cfg, seed, num_images, sampler):
-                    shown = grid(preview_images(loaded, state, preview))
+                    sheet = grid(preview_images(loaded, state, preview))
                     status = f"Step **{state.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
-                    yield shown, status, ([] if state.index == 0 else gr.skip())
+                    yield sheet, status, ([] if state.index == 0 else gr.skip())
                     if run.stopped and state.index + 1 < steps:
                         break
                 final = state.z_next if state.index + 1 == steps else state.x1_hat
@@ -101,7 +100,8 @@ class GenerateHandlers:
             else:
                 status = f"Done: **{len(images)} image(s)** in {seconds:.1f} s · {steps} steps ({settings})"
                 captions = [f"seed {seed + k}" for k in range(len(images))]
-            yield shown, status, list(zip(images, captions))
+            # the preview stays as it is (re-sending the same image would rewrite the file the page is reading)
+            yield gr.skip(), status, list(zip(images, captions))
 
     def stop(self, request: gr.Request) -> None:
         """Stop this session's generation after the current step (the last preview stays)."""

@@ -58,8 +58,9 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
             yield engine.status()
 
     with gr.Blocks(title="JanusFlow", delete_cache=(1800, 3600)) as demo:
-        gr.Markdown("# JanusFlow\nOne model that reads images and draws them: ask about a picture, "
-                    "or watch a prompt turn from noise into an image, step by step.")
+        gr.Markdown("# JanusFlow\nOne model that reads images and draws them "
+                    "([paper](https://arxiv.org/abs/2411.07975)): ask about a picture, or watch a prompt turn "
+                    "from noise into an image, step by step.")
         status = gr.Markdown(engine.status(), elem_id="model-status")
 
         with gr.Tabs():

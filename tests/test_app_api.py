@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -14,11 +15,11 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
-from app.testing import serve  # noqa: E402
-from janusflow_core import GenerationPipeline  # noqa: E402
+from app.testing import serve
+from janusflow_core import GenerationPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "assets" / "examples" / "red_circle_blue_square.png"
@@ -86,7 +87,8 @@ def test_generation_streams_one_preview_per_step_then_the_images(client):
         previews.append(Image.open(preview).convert("RGB"))
     assert all(p.size == (65, 32) for p in previews)  # two 32 px tiles side by side (the page enlarges them)
     assert len({p.tobytes() for p in previews}) == 6
-    _, status, gallery = outputs[-1]
+    preview, status, gallery = outputs[-1]
+    assert preview == {"__type__": "update"}  # the last step's preview stays on screen
     assert "2 image(s)" in status and [g["caption"] for g in gallery] == ["seed 5", "seed 6"]
     assert all(Image.open(g["image"]).size == (32, 32) for g in gallery)  # downloads are the model's pixels
 
@@ -141,38 +143,51 @@ def test_stop_endpoints_stop_only_their_own_session(served):
 
 def test_two_sessions_at_once_keep_their_own_history_previews_and_seeds(served):
     url, engine = served
+    loaded = engine.get()
+    expected_a = loaded.chat.chat([{"role": "user", "content": "What is this?", "images": [Image.open(EXAMPLE)]}],
+                                  max_new_tokens=40, temperature=1.5, top_p=1.0, seed=1)
+    expected_b = loaded.chat.chat([{"role": "user", "content": "hello there"}], max_new_tokens=40,
+                                  temperature=1.5, top_p=1.0, seed=2)
+    solo_a = GenerationPipeline(loaded.bundle)(prompt="a green triangle", steps=12, cfg=3.0, seed=100)
     a, b = new_client(served), new_client(served)
+    together = threading.Barrier(2)
     results: dict[str, object] = {}
+    spans: dict[str, tuple[float, float]] = {}
 
-    def user_a():
-        first = a.predict({"text": "What is this?", "files": [handle_file(str(EXAMPLE))]}, 0, 0.9, 20, 0,
-                          api_name="/chat")
-        job = a.submit("a green triangle", 3.0, 12, 100, 1, "euler", "x1", api_name="/generate")
+    def user(name, client, message, prompt, cfg, seed, sampler, preview, follow_up):
+        together.wait()  # both sampled answers run at the same time
+        first = client.predict(message, 1.5, 1.0, 40, 1 if name == "a" else 2, api_name="/chat")
+        together.wait()  # both generations run at the same time
+        start = time.perf_counter()
+        job = client.submit(prompt, cfg, 12, seed, 1, sampler, preview, api_name="/generate")
         job.result()
-        second = a.predict({"text": "Tell me more", "files": []}, 0, 0.9, 5, 0, api_name="/chat")
-        results["a"] = (first, second, job.outputs())
+        spans[name] = (start, time.perf_counter())
+        second = client.predict(follow_up, 0, 0.9, 5, 0, api_name="/chat") if follow_up else None
+        results[name] = (first, second, job.outputs())
 
-    def user_b():
-        first = b.predict({"text": "hello there", "files": []}, 0, 0.9, 20, 0, api_name="/chat")
-        job = b.submit("three squares", 1.5, 12, 200, 1, "heun", "zt", api_name="/generate")
-        job.result()
-        results["b"] = (first, job.outputs())
-
-    threads = [threading.Thread(target=user_a), threading.Thread(target=user_b)]
+    threads = [
+        threading.Thread(target=user, args=("a", a, {"text": "What is this?", "files": [handle_file(str(EXAMPLE))]},
+                                            "a green triangle", 3.0, 100, "euler", "x1",
+                                            {"text": "Tell me more", "files": []})),
+        threading.Thread(target=user, args=("b", b, {"text": "hello there", "files": []},
+                                            "three squares", 1.5, 200, "heun", "zt", None)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    _, (a_history, _), a_gen = results["a"]
+    assert spans["a"][0] < spans["b"][1] and spans["b"][0] < spans["a"][1]  # the two generations overlapped
+
+    (a_first, _), (a_history, _), a_gen = results["a"]
+    (b_first, _), _, b_gen = results["b"]
+    # each seed gave its own answer (gr.Chatbot shows text through inspect.cleandoc)
+    assert answer(a_first) == inspect.cleandoc(expected_a) and answer(b_first) == inspect.cleandoc(expected_b)
     texts = [m["content"][-1]["text"] for m in a_history]
     assert len(a_history) == 4 and texts[0] == "What is this?" and texts[2] == "Tell me more"
-    assert "hello there" not in texts
-    (b_history, _), b_gen = results["b"]
-    assert len(b_history) == 2 and b_history[0]["content"][-1]["text"] == "hello there"
+    assert len(b_first) == 2 and b_first[0]["content"][-1]["text"] == "hello there"
 
     assert [o[1].split("·")[0].strip() for o in a_gen[:-1]] == [f"Step **{k} / 12**" for k in range(1, 13)]
     assert "seed 100" in a_gen[-1][1] and "Euler" in a_gen[-1][1]
     assert "seed 200" in b_gen[-1][1] and "Heun" in b_gen[-1][1]
-    solo = GenerationPipeline(engine.get().bundle)(prompt="a green triangle", steps=12, cfg=3.0, seed=100)
     got = Image.open(a_gen[-1][2][0]["image"]).convert("RGB")
-    assert got.tobytes() == solo.images[0].tobytes()  # B's run at the same time changed nothing in A's
+    assert got.tobytes() == solo_a.images[0].tobytes()  # B's run at the same time changed nothing in A's

@@ -7,6 +7,10 @@ so a broken browser set-up can never pass silently.
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from pathlib import Path
 
 import pytest
