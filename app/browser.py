@@ -18,16 +18,23 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-network
                   "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 900}
 
-# Records every length the last answer bubble takes, and every new source of the live preview.
+# Record every length the last answer bubble takes and whether the message box was locked meanwhile;
+# every new source of the live preview and whether the Generate button was locked during the run.
 _WATCH_CHAT = """() => { window.__answerLengths = []; const root = document.querySelector('#chatbot');
   new MutationObserver(() => { const bots = root.querySelectorAll('.bot');
     const n = bots.length ? bots[bots.length - 1].innerText.length : -1;
     const seen = window.__answerLengths; if (n > 0 && seen[seen.length - 1] !== n) seen.push(n); })
-  .observe(root, {subtree: true, childList: true, characterData: true}); }"""
+  .observe(root, {subtree: true, childList: true, characterData: true});
+  window.__inputLocked = false; const box = document.querySelector('#chat-input');
+  new MutationObserver(() => { if (box.querySelector('textarea').disabled) window.__inputLocked = true; })
+  .observe(box, {subtree: true, attributes: true}); }"""
 _WATCH_PREVIEW = """() => { window.__previewSources = []; const root = document.querySelector('#preview');
   new MutationObserver(() => { const img = root.querySelector('img'); const src = img && img.getAttribute('src');
     const seen = window.__previewSources; if (src && seen[seen.length - 1] !== src) seen.push(src); })
-  .observe(root, {subtree: true, childList: true, attributes: true}); }"""
+  .observe(root, {subtree: true, childList: true, attributes: true});
+  window.__buttonLocked = false; const button = document.querySelector('#generate-btn');
+  new MutationObserver(() => { if (button.disabled) window.__buttonLocked = true; })
+  .observe(button, {attributes: true}); }"""
 _INPUT_READY = """() => { const box = document.querySelector('#chat-input textarea');
   return box && !box.disabled && box.value === '' && !document.querySelector('#chat-input .pending'); }"""
 

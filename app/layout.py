@@ -128,7 +128,7 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
             labelled(component)
 
         # -- events --------------------------------------------------------------------------------
-        # Each run is a chain: lock the input (private), the run itself (the public endpoint), unlock.
+        # Each run is a chain: lock what starts it (private), the run itself (the public endpoint), unlock.
         # Chaining keeps the order; the endpoint can also be called on its own through the API.
         def lock() -> dict:
             return gr.update(interactive=False)
@@ -147,10 +147,10 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
                          cancels=[ask])
         chatbot.clear(chat.clear, None, [chatbot, stats, conversation], cancels=[ask], **private)  # its bin icon
 
-        go = gr.on([run.click, prompt.submit], lock, None, run, **private).then(
+        go = gr.on([run.click, prompt.submit], lambda: (lock(), lock()), None, [run, prompt], **private).then(
             gen.run, [prompt, cfg, steps, gen_seed, num_images, sampler, preview_mode], [preview, progress, gallery],
             api_name="generate", concurrency_id=MODEL_QUEUE, show_progress="minimal")
-        go.then(unlock, None, run, **private)
+        go.then(lambda: (unlock(), unlock()), None, [run, prompt], **private)
         stop_gen.click(gen.stop, None, None, api_name="stop_generate", queue=False)
         dice.click(gen.randomise, None, gen_seed, api_name="random_seed", queue=False)
 

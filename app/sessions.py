@@ -57,7 +57,3 @@ class Runs:
             run.stopped = True
         run.event.set()
         return True
-
-    def running(self, session: str) -> bool:
-        with self._lock:
-            return session in self._runs

@@ -56,6 +56,8 @@ def test_chat_answer_grows_in_the_browser(page, tmp_path):
     # the bubble changed many times while the answer streamed (markdown may re-flow a partial answer)
     assert len(set(lengths)) >= 5 and lengths[-1] > min(lengths)
     assert page.locator("#chatbot .user img").count() == 1  # the uploaded image sits in the user's message
+    assert page.evaluate("window.__inputLocked")  # no second message while answering; open again after:
+    assert page.locator("#chat-input textarea").is_enabled()
     assert "tokens/s" in page.inner_text("#chat-stats")
     page.screenshot(path=str(tmp_path / "chat.png"))
     assert Image.open(tmp_path / "chat.png").size == (1280, 900)
@@ -71,6 +73,8 @@ def test_preview_updates_every_step_and_the_gallery_fills(page, tmp_path):
     assert box["width"] >= 256 and box["height"] >= 256  # 65 x 32 px enlarged to be seen
     assert page.evaluate("getComputedStyle(document.querySelector('#preview img')).imageRendering") == "pixelated"
     assert page.locator("#gallery img").count() >= 2
+    assert page.evaluate("window.__buttonLocked")  # no second click while it ran; unlocked again after:
+    assert page.locator("#generate-btn").is_enabled() and page.locator("#prompt textarea").is_enabled()
     assert f"{STEPS} steps" in page.inner_text("#gen-status")
     page.screenshot(path=str(tmp_path / "generate.png"))
     assert Image.open(tmp_path / "generate.png").size == (1280, 900)

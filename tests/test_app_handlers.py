@@ -107,6 +107,31 @@ def test_engine_loads_lazily_and_once(tiny_model_dir):
     assert "`model`" in engine.status() and "`cpu`" in engine.status() and "`float32`" in engine.status()
 
 
+def test_the_page_shows_the_loading_state_then_the_model(tiny_model_dir):
+    engine = Engine(tiny_model_dir, device="cpu", dtype="fp32")
+    demo = create_demo(engine)
+    on_load = next(f.fn for f in demo.fns.values() if f.name == "model_status")
+    lines = list(on_load())
+    assert lines[0] == "Loading `model` …" and lines[1].startswith("**Model** `model` · **device** `cpu`")
+    assert list(on_load()) == [lines[1]]  # later visitors see the loaded model at once
+
+
+def test_generation_waits_for_a_loading_model_and_says_so(tiny_model_dir):
+    engine = Engine(tiny_model_dir, device="cpu", dtype="fp32")
+    outputs = list(GenerateHandlers(engine).run("a circle", 2.0, 2, 0, 1, "euler", "x1", session("s")))
+    assert outputs[0] == (gr.skip(), "Loading the model …", gr.skip())
+    assert len(outputs) == 4 and "Done" in outputs[-1][1]
+
+
+def test_background_loading(tiny_model_dir, tmp_path):
+    engine = Engine(tiny_model_dir, device="cpu", dtype="fp32")
+    engine.start_loading().join()
+    assert engine.state == "ready"
+    broken = Engine(tmp_path / "nowhere", device="cpu")
+    broken.start_loading().join()  # the error is kept for the page, not raised in the thread
+    assert broken.state == "failed"
+
+
 def test_failed_load_is_reported_not_retried(tmp_path):
     engine = Engine(tmp_path / "nowhere", device="cpu")
     with pytest.raises(EngineError, match="does not exist"):
