@@ -41,7 +41,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path) -> Engine:
-    return Engine(tiny_model_dir, device="cpu", dtype="fp32")
+    engine = Engine(tiny_model_dir, device="cpu", dtype="fp32")
+    engine.get()  # loaded up front: the handlers' outputs do not depend on test order
+    return engine
 
 
 @pytest.fixture(scope="module")
