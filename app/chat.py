@@ -8,9 +8,7 @@ The model sees the same turns (``images`` per message, as ``ChatPipeline.stream`
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
-from contextlib import nullcontext
 from typing import Any
 
 import gradio as gr
@@ -67,9 +65,6 @@ class ChatHandlers:
         self.engine = engine
         self.runs = Runs("chat answer")
         self.context_reserve = context_reserve  # context positions kept free for the answer
-        # Sampling draws from torch's global RNG; seeded sampled answers run one at a time so that
-        # another session's sampling cannot shift their random stream (greedy answers run freely).
-        self._sampling = threading.Lock()
 
     def _fit(self, chat: Any, turns: list[Turn], max_new_tokens: int) -> tuple[list[dict[str, Any]], int]:
         """The model messages, oldest exchanges dropped until the prompt leaves room for the answer."""
@@ -123,19 +118,18 @@ class ChatHandlers:
             yield display(pending + [{"role": "assistant", "content": ""}]), "", turns
             stats: dict[str, Any] = {}
             answer = ""
-            sampled = temperature > 0
-            with self._sampling if sampled else nullcontext():
-                pieces = loaded.chat.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature,
-                                            top_p=top_p, seed=seed if sampled else None, stop_event=run.event,
-                                            stats=stats)
-                try:
-                    for piece in pieces:
-                        answer += piece
-                        yield display(pending + [{"role": "assistant", "content": answer}]), "", turns
-                except (ValueError, RuntimeError) as exc:
-                    raise refuse(f"The answer failed: {exc}") from None
-                finally:
-                    pieces.close()
+            sampled = temperature > 0  # each call samples from its own seeded generator (core SeededSampler)
+            pieces = loaded.chat.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_p=top_p, seed=seed if sampled else None, stop_event=run.event,
+                                        stats=stats)
+            try:
+                for piece in pieces:
+                    answer += piece
+                    yield display(pending + [{"role": "assistant", "content": answer}]), "", turns
+            except (ValueError, RuntimeError) as exc:
+                raise refuse(f"The answer failed: {exc}") from None
+            finally:
+                pieces.close()
             done = pending + [{"role": "assistant", "content": answer}]
             yield display(done), stats_line(stats, stopped=run.stopped), done
 

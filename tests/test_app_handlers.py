@@ -28,7 +28,7 @@ from janusflow_core import GenerationPipeline
 from janusflow_core.vae import LatentRGB, to_pil
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "three_triangles.png"
-SAMPLED = {"temperature": 1.5, "top_p": 1.0, "seed": 0}  # the random tiny model writes spaces only when sampling
+SAMPLED = {"temperature": 1.5, "top_p": 1.0, "seed": 2}  # sampled: the random tiny model writes spaces; seed 2: no early EOS
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -188,7 +188,7 @@ def test_chat_seed_reproduces_sampled_answers(chat):
 def test_chat_stop_ends_the_answer_early(chat):
     full = ask(chat, "describe", max_new_tokens=300)[-1][1]
     assert "**300** tokens" in full and "stopped" not in full
-    run = chat.submit("describe", 1.5, 1.0, 300, 0, None, session("stopper"))
+    run = chat.submit("describe", 1.5, 1.0, 300, 2, None, session("stopper"))  # seed 2: no early EOS
     next(run)  # the question is shown
     next(run)  # the first piece arrived
     chat.stop(session("someone-else"))  # another session's Stop changes nothing here

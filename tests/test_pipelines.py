@@ -155,11 +155,33 @@ def test_multi_turn_and_several_images(chat):
     assert isinstance(a, str) and isinstance(b, str)
 
 
-def test_sampling_is_seeded(chat):
+def _ids(chat, msgs, **kw):
+    from janusflow_core.pipelines import generate_tokens
+
+    return generate_tokens(chat.bundle, chat.prepare([msgs]), 12, **kw)[0].tolist()
+
+
+def test_sampling_is_seeded_per_call_even_when_calls_overlap(chat):
     msgs = [{"role": "user", "content": "describe the image"}]
-    a = chat.chat(msgs, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
-    b = chat.chat(msgs, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
-    assert a == b
+    solo = {s: _ids(chat, msgs, temperature=1.5, top_p=0.95, seed=s) for s in (3, 4)}
+    assert solo[3] != solo[4]
+    assert solo[3] == _ids(chat, msgs, temperature=1.5, top_p=0.95, seed=3)
+    torch.manual_seed(0)  # the global RNG plays no part
+    out = {}
+    threads = [threading.Thread(target=lambda s=s: out.__setitem__(s, _ids(chat, msgs, temperature=1.5, top_p=0.95,
+                                                                            seed=s))) for s in (3, 4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert out == solo
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    from janusflow_core.pipelines.understand import SeededSampler
+
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    picks = {int(SeededSampler(1.0, 0.7, seed=s)(None, scores).argmax()) for s in range(200)}
+    assert picks == {0, 1}
+    assert {int(SeededSampler(1.0, 0.01, seed=s)(None, scores).argmax()) for s in range(20)} == {0}
 
 
 def test_image_token_count_mismatch_raises(tiny_bundle):

@@ -13,7 +13,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from ..checkpoint import JanusFlowBundle
 from ..processing import BatchedInputs
@@ -27,6 +33,29 @@ class _StopOnEvent(StoppingCriteria):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class SeededSampler(LogitsProcessor):
+    """Temperature + top-p sampling from a private ``torch.Generator``.
+
+    It turns the scores into a one-hot choice, so ``generate`` runs greedy on top of it: each call has its
+    own random stream (reproducible with its seed, and unaffected by other calls running at the same time),
+    where ``do_sample=True`` would draw from torch's global RNG.
+    """
+
+    def __init__(self, temperature: float, top_p: float, seed: int | None):
+        self.temperature, self.top_p, self.seed = float(temperature), float(top_p), seed
+        self.generator: torch.Generator | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.generator is None:
+            self.generator = torch.Generator(device=scores.device)
+            self.generator.manual_seed(self.seed) if self.seed is not None else self.generator.seed()
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        sorted_p[(sorted_p.cumsum(-1) - sorted_p) > self.top_p] = 0  # keep the smallest set reaching top_p
+        choice = order.gather(-1, torch.multinomial(sorted_p, 1, generator=self.generator))  # (B, 1)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, choice, 0.0)
 
 
 class _CountingStreamer(TextIteratorStreamer):
@@ -46,21 +75,22 @@ class _CountingStreamer(TextIteratorStreamer):
 
 def generate_tokens(bundle: JanusFlowBundle, batch: BatchedInputs, max_new_tokens: int, temperature: float = 0.0,
                     top_p: float = 1.0, streamer: Any = None, stop_event: threading.Event | None = None,
-                    output_scores: bool = False) -> Any:
-    """Run the LLM's ``generate`` on a processed batch. Greedy when temperature is 0."""
+                    output_scores: bool = False, seed: int | None = None) -> Any:
+    """Run the LLM's ``generate`` on a processed batch: greedy when temperature is 0, else temperature +
+    top-p sampling from a generator of this call's own (seeded with ``seed``)."""
     model, special = bundle.model, bundle.processor.special_tokens
     batch = batch.to(model.device)
     with torch.inference_mode():
         embeds = model.prepare_inputs_embeds(batch.input_ids, batch.pixel_values, batch.images_seq_mask,
                                              batch.images_emb_mask)
-        sampling = {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p)} \
-            if temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None}
+        sampler = [SeededSampler(temperature, top_p, seed)] if temperature > 0 else []
         return model.language_model.generate(
             inputs_embeds=embeds, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
             pad_token_id=special.pad, eos_token_id=special.eos, bos_token_id=special.bos, use_cache=True,
             streamer=streamer, top_k=None,
             stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop_event)]) if stop_event else None,
-            output_scores=output_scores, return_dict_in_generate=output_scores, **sampling)
+            logits_processor=LogitsProcessorList(sampler), do_sample=False, temperature=None, top_p=None,
+            output_scores=output_scores, return_dict_in_generate=output_scores)
 
 
 class ChatPipeline:
@@ -106,10 +136,8 @@ class ChatPipeline:
 
         def run() -> None:
             try:
-                with torch.random.fork_rng(devices=[]):
-                    if seed is not None:
-                        torch.manual_seed(int(seed))
-                    generate_tokens(self.bundle, batch, max_new, temperature, top_p, streamer, stop_event)
+                generate_tokens(self.bundle, batch, max_new, temperature, top_p, streamer, stop_event,
+                                seed=None if seed is None else int(seed))
             except BaseException as exc:  # surfaced in the caller's thread below
                 error.append(exc)
                 streamer.end()
