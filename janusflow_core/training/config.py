@@ -35,7 +35,9 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     mixed_precision: str = "no"  # "no" | "bf16" (accelerate's autocast); bf16 pays off only with AMX/GPU
-    time_limit_s: float = 0.0  # > 0: stop (and checkpoint) after this many seconds of this run
+    # > 0: stop (and checkpoint) after this many seconds of this run; the lr schedule then advances by
+    # elapsed time or steps, whichever is further, so the cosine decay completes within the budget
+    time_limit_s: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)

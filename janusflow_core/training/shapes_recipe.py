@@ -61,22 +61,24 @@ class Recipe:
     vocab_size: int = 400
     vae_steps: int = 500
     vae_batch: int = 32
-    siglip_steps: int = 150
+    siglip_steps: int = 120
     siglip_batch: int = 64
     und_pool: int = 4000
-    gen_pool: int = 12000
+    gen_pool: int = 6000
     cfg_weight: float = 3.0
     stages: tuple[TrainConfig, ...] = field(default_factory=lambda: (
         TrainConfig(stage=1, steps=60, lr=1e-3, warmup_steps=20, batch_und=8, batch_gen=32, batch_text=2,
                     checkpoint_every=50),
         TrainConfig(stage=2, steps=1200, lr=1e-3, warmup_steps=50, batch_und=8, batch_gen=32, batch_text=2,
-                    checkpoint_every=100),
+                    checkpoint_every=100, time_limit_s=1440),
         TrainConfig(stage=3, steps=300, lr=3e-4, warmup_steps=20, batch_und=12, batch_gen=24, batch_text=2,
-                    checkpoint_every=100),
+                    checkpoint_every=100, time_limit_s=420),
     ))
 
     def scaled(self, factor: float) -> Recipe:
-        return replace(self, stages=tuple(replace(s, steps=max(1, round(s.steps * factor))) for s in self.stages))
+        """Every stage's steps and time budget multiplied by ``factor`` (short runs, ablations)."""
+        return replace(self, stages=tuple(replace(s, steps=max(1, round(s.steps * factor)),
+                                                  time_limit_s=s.time_limit_s * factor) for s in self.stages))
 
     def with_stage_fields(self, **kw) -> Recipe:
         return replace(self, stages=tuple(replace(s, **kw) for s in self.stages))
@@ -157,13 +159,16 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     gen_pool = build_generation_pool(recipe.gen_pool, recipe.seed, vae.encode)
     times["data"] = time.time() - t0
 
-    # 5. the three stages
+    # 5. the three stages; the batch sizes above are global, split over the processes
+    n = acc.num_processes
+    stages = [replace(s, batch_und=-(-s.batch_und // n), batch_gen=-(-s.batch_gen // n),
+                      batch_text=-(-s.batch_text // n)) for s in recipe.stages]
     torch.manual_seed(recipe.seed)
     model = JanusFlowModel(cfg)
     model.vision_und_enc_model.vision_tower.load_state_dict(torch.load(vit_path))
     repa_head = None
     trainer = None
-    for stage_cfg in recipe.stages:
+    for stage_cfg in stages:
         t0 = time.time()
         trainer = Trainer(model, processor, stage_cfg, work / f"stage{stage_cfg.stage}", und_pool, gen_pool,
                           repa_head=repa_head, accelerator=acc, progress=progress)
@@ -192,7 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps")
     ap.add_argument("--no-repa", action="store_true", help="ablation: REPA weight 0")
     ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per process (1 avoids OpenMP oversubscription on a shared 2-core CPU; "
+                         "use two processes instead: accelerate launch --multi_gpu --num_processes 2 ...)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:

@@ -168,6 +168,11 @@ class Trainer:
             grad_norm = acc.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
             opt.step()
             sched.step()
+            if cfg.time_limit_s > 0:  # a time budget: the schedule follows whichever runs out first
+                elapsed = int(cfg.steps * (time.time() - t_start) / cfg.time_limit_s)
+                factor = lr_lambda(cfg)(max(self.step + 1, elapsed))
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * factor
             opt.zero_grad(set_to_none=True)
             update_ema(self.ema, model, cfg.ema_decay)
             self.step += 1

@@ -1,7 +1,7 @@
 """Train the small diffusers ``AutoencoderKL`` the shapes model uses as its VAE (JanusFlow keeps its VAE
 frozen; the published model borrows SDXL's, we train one on the shapes world).
 
-MSE reconstruction + a tiny KL term on freshly rendered scenes; afterwards the latent
+MSE + L1 reconstruction + a tiny KL term on freshly rendered scenes; afterwards the latent
 ``scaling_factor`` = 1 / std of the posterior means is stored in the VAE's config, so scaled latents have
 unit variance as the rectified flow assumes.
 """
@@ -48,11 +48,14 @@ def random_crops(x: torch.Tensor, size: int, rng: random.Random) -> torch.Tensor
     return torch.stack(out)
 
 
-def train_vae(steps: int, batch: int = 32, lr: float = 1e-3, kl_weight: float = 1e-6, seed: int = 0,
-              crop: int = 32, progress: bool = True, log: list | None = None) -> AutoencoderKL:
+def train_vae(steps: int, batch: int = 32, lr: float = 2e-3, kl_weight: float = 1e-6, l1_weight: float = 1.0,
+              fg_weight: float = 4.0, seed: int = 0, crop: int = 32, channels: tuple[int, ...] = (16, 32, 32),
+              progress: bool = True, log: list | None = None) -> AutoencoderKL:
+    """MSE (+ ``l1_weight`` * L1, which keeps flat colours and edges sharper) + ``kl_weight`` * KL.
+    Pixels of objects (not white) weigh ``1 + fg_weight``: the background would otherwise dominate."""
     torch.manual_seed(seed)
     rng = random.Random(f"vae:{seed}")
-    vae = shapes_autoencoder()
+    vae = shapes_autoencoder(channels, norm_num_groups=8 if min(channels) < 32 else 32)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     t0 = time.time()
@@ -60,9 +63,11 @@ def train_vae(steps: int, batch: int = 32, lr: float = 1e-3, kl_weight: float = 
         x = random_crops(random_images(rng, batch), crop, rng)
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
-        mse = F.mse_loss(recon, x)
+        w = 1 + fg_weight * (x < 0.9).any(dim=1, keepdim=True).float()  # (B, 1, H, W)
+        err = recon - x
+        mse = (w * err.pow(2)).mean() / w.mean()
         kl = post.kl().mean() / x[0].numel()
-        loss = mse + kl_weight * kl
+        loss = mse + l1_weight * (w * err.abs()).mean() / w.mean() + kl_weight * kl
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
