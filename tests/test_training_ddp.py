@@ -1,6 +1,6 @@
-"""Data-parallel training: two CPU processes (gloo) launched by ``accelerate launch --multi_gpu`` (torchrun underneath; on a
-machine without CUDA the trainer asks accelerate for CPU processes) train a few steps
-and must end with identical replicas. Run directly under the launcher, this file is the worker."""
+"""Data-parallel training: two CPU processes (gloo) launched by ``accelerate launch --multi_gpu``
+(torchrun underneath; on a machine without CUDA the trainer asks accelerate for CPU processes) train a
+few steps and must end with identical replicas. Run directly under the launcher, this file is the worker."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import torch
 
 from ..processing.chat import render_chat
 from ..processing.processor import JanusFlowProcessor
-from ..shapes import (TASKS, describe, render, sample_prompt, sample_question, sample_scene, scene_captions)
+from ..shapes import TASKS, describe, render, sample_prompt, sample_question, sample_scene, scene_captions
 from ..shapes.world import Scene
 
 
@@ -124,7 +124,8 @@ class MixedBatcher:
 
     def _check_len(self, n: int, what: str) -> None:
         if n > self.max_seq_len:
-            raise ValueError(f"max_seq_len: a {what} sample is {n} tokens long, more than max_seq_len={self.max_seq_len}")
+            raise ValueError(f"max_seq_len: a {what} sample is {n} tokens long, "
+                             f"more than max_seq_len={self.max_seq_len}")
 
     # -- batches
     def lm_batch(self, n_und: int, n_text: int, num_gen_tokens: int) -> dict | None:

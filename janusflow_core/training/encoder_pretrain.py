@@ -38,7 +38,8 @@ class PositionalBagText(nn.Module):
         return self.proj(self.bag(torch.tensor(flat), torch.tensor(offsets)))
 
 
-def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, log_t: torch.Tensor, bias: torch.Tensor) -> dict[str, torch.Tensor]:
+def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, log_t: torch.Tensor,
+                 bias: torch.Tensor) -> dict[str, torch.Tensor]:
     """SigLIP's pairwise sigmoid loss: matching pairs +1, every other pair -1, summed per image."""
     logits = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t() * log_t.exp() + bias  # (n, n)
     labels = 2 * torch.eye(len(img)) - 1
@@ -72,5 +73,6 @@ def pretrain_siglip(cfg: SigLIPConfig, tokenizer, steps: int, batch: int = 128, 
         opt.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if log is not None and (step + 1) % 20 == 0:
-            log.append({"stage": "siglip", "step": step + 1, "time_s": round(time.time() - t0, 2), "siglip": loss.item()})
+            log.append({"stage": "siglip", "step": step + 1, "time_s": round(time.time() - t0, 2),
+                        "siglip": loss.item()})
     return vit

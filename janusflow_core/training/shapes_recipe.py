@@ -73,6 +73,9 @@ class Recipe:
                     checkpoint_every=100, time_limit_s=1440),
         TrainConfig(stage=3, steps=300, lr=3e-4, warmup_steps=20, batch_und=12, batch_gen=24, batch_text=2,
                     checkpoint_every=100, time_limit_s=420),
+        # a longer second stage-3 run (everything trains) with more understanding samples
+        TrainConfig(stage=3, steps=1400, lr=5e-4, warmup_steps=50, batch_und=16, batch_gen=32, batch_text=2,
+                    checkpoint_every=100, time_limit_s=1080),
     ))
 
     def scaled(self, factor: float) -> Recipe:
@@ -131,7 +134,8 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     t0 = time.time()
     vae_dir = work / "vae"
     if main_proc and not (vae_dir / "config.json").exists():
-        train_vae(recipe.vae_steps, batch=recipe.vae_batch, seed=recipe.seed, progress=progress, log=log).save_pretrained(vae_dir)
+        vae_model = train_vae(recipe.vae_steps, batch=recipe.vae_batch, seed=recipe.seed, progress=progress, log=log)
+        vae_model.save_pretrained(vae_dir)
     acc.wait_for_everyone()
     vae = VAE.from_pretrained(vae_dir)
     times["vae"] = time.time() - t0
@@ -168,14 +172,16 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     model.vision_und_enc_model.vision_tower.load_state_dict(torch.load(vit_path))
     repa_head = None
     trainer = None
-    for stage_cfg in stages:
+    for i, stage_cfg in enumerate(stages):
         t0 = time.time()
-        trainer = Trainer(model, processor, stage_cfg, work / f"stage{stage_cfg.stage}", und_pool, gen_pool,
+        name = f"stage{stage_cfg.stage}" if i == [s.stage for s in stages].index(stage_cfg.stage) else \
+            f"stage{stage_cfg.stage}-{i + 1}"
+        trainer = Trainer(model, processor, stage_cfg, work / name, und_pool, gen_pool,
                           repa_head=repa_head, accelerator=acc, progress=progress)
         result = trainer.train(resume=True)
         repa_head = trainer.repa_head
-        times[f"stage{stage_cfg.stage}"] = time.time() - t0
-        print(f"stage {stage_cfg.stage}: {result}", flush=True)
+        times[name] = time.time() - t0
+        print(f"{name}: {result}", flush=True)
 
     # 6. export the EMA weights
     if main_proc:
@@ -195,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="assets/janusflow-shapes")
     ap.add_argument("--work", default=None, help="intermediate results (default: runs/<name of --out>)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps")
+    ap.add_argument("--stages", type=int, default=None, help="run only the first N stage runs")
     ap.add_argument("--no-repa", action="store_true", help="ablation: REPA weight 0")
     ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
     ap.add_argument("--threads", type=int, default=1,
@@ -204,7 +211,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = Recipe().scaled(args.scale)
+    recipe = Recipe()
+    if args.stages is not None:
+        recipe = replace(recipe, stages=recipe.stages[:args.stages])
+    recipe = recipe.scaled(args.scale)
     if args.no_repa:
         recipe = recipe.with_stage_fields(repa_weight=0.0)
     if args.cfg is not None:

@@ -155,8 +155,8 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.out_dir / "log.jsonl"
         g = model.config.num_gen_tokens
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, disable=not (self.progress and acc.is_main_process),
-                   dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc,
+                   disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
         t_start = time.time()
         last = {}
         while self.step < cfg.steps:
