@@ -20,7 +20,8 @@ def worker(out: Path) -> None:
     from janusflow_core.training.trainer import Trainer, make_accelerator
 
     cfg = TrainConfig(stage=3, steps=3, batch_und=2, batch_gen=2, batch_text=1, max_seq_len=256, lr=3e-3,
-                      warmup_steps=1, repa_layer=1, checkpoint_every=2, log_every=1)
+                      warmup_steps=1, repa_layer=1, checkpoint_every=2, log_every=1,
+                      time_limit_s=3600)  # exercises the cross-process stop decision
     acc = make_accelerator(cfg)
     rank = acc.process_index
     setup = tiny_setup(out / f"setup{rank}")

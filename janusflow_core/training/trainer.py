@@ -188,6 +188,11 @@ class Trainer:
                 with log_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
             out_of_time = cfg.time_limit_s > 0 and time.time() - t_start > cfg.time_limit_s
+            if cfg.time_limit_s > 0 and acc.num_processes > 1:
+                # every process must stop at the same step (else one waits in the checkpoint barrier while
+                # the others wait in the next step's all-reduce): stop when any process is out of time
+                flag = torch.tensor([float(out_of_time)], device=acc.device)
+                out_of_time = bool(acc.reduce(flag, reduction="sum").item() > 0)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or out_of_time:
                 self.save_checkpoint(opt, sched)
             if out_of_time or (stop_at is not None and self.step >= stop_at):
