@@ -78,8 +78,8 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device, n_params: int) -> torch.dtype:
-    """auto: bf16 on CUDA with bf16 (else fp16), fp16 on MPS; on CPU fp32 for small models and bf16
-    from 500 M parameters on (CPUs with AMX/AVX512-bf16 run it ~3x faster than fp32)."""
+    """auto: bf16 on CUDA with bf16 (else fp16), fp16 on MPS; on CPU fp32, except bf16 from 500 M
+    parameters on where the CPU has native bf16 matmuls (AVX512-bf16/AMX; without them bf16 is slower)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in (None, "auto"):
@@ -91,7 +91,14 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device, n_params: 
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
-    return torch.bfloat16 if n_params >= 500_000_000 else torch.float32
+    return torch.bfloat16 if n_params >= 500_000_000 and cpu_has_native_bf16() else torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _weight_files(folder: Path) -> list[Path]:
