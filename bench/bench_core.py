@@ -167,7 +167,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
     print(f"| measure | value |\n|---|---|\n"
-          f"| bf16 GEMM throughput (LLM-shaped) | {res['gemm_flops'] / 1e12:.2f} TFLOP/s |\n"
+          f"| {args.dtype} GEMM throughput (LLM-shaped) | {res['gemm_flops'] / 1e12:.2f} TFLOP/s |\n"
           f"| memory bandwidth (streaming read) | {res['bandwidth_Bps'] / 1e9:.1f} GB/s |\n"
           f"| CFG Euler step, {b} image(s), prompt cache | {res['step_cached_s']:.2f} s "
           f"(MFU {res['mfu_cached']:.0%}) |\n"

@@ -145,8 +145,12 @@ class ChatPipeline:
         start = time.perf_counter()
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
+        started = False  # the answer's leading space (after "Assistant:") is not part of it
         try:
             for piece in streamer:
+                if not started:
+                    piece = piece.lstrip()
+                    started = bool(piece)
                 if piece:
                     yield piece
         finally:
