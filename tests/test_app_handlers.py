@@ -28,7 +28,8 @@ from janusflow_core import GenerationPipeline
 from janusflow_core.vae import LatentRGB, to_pil
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "three_triangles.png"
-SAMPLED = {"temperature": 1.5, "top_p": 1.0, "seed": 2}  # sampled: the random tiny model writes spaces; seed 2: no early EOS
+# sampled: the random tiny model writes only spaces when greedy; seed 2 samples no early EOS
+SAMPLED = {"temperature": 1.5, "top_p": 1.0, "seed": 2}
 
 
 @pytest.fixture(scope="module", autouse=True)
