@@ -207,3 +207,13 @@ def test_objects_reject_unknown_names():
     with pytest.raises(ValueError):
         Obj("circle", "red", 30, 30, 11)
     assert set(COLORS) == set(PALETTE) and len(SHAPES) == 3
+
+
+def test_sampled_question_names_the_form_it_came_from():
+    from janusflow_core.shapes.questions import all_questions, sample_question_with_form
+
+    rng = random.Random(5)
+    for _ in range(100):
+        scene = sample_scene(rng)
+        form, q, a = sample_question_with_form(rng, scene)
+        assert (q, a) in all_questions(scene)[form]

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..shapes.prompts import TASKS, heldout_prompts, heldout_rng, sample_prompt
-from ..shapes.questions import ONE_WORD_FORMS, sample_question
+from ..shapes.questions import ONE_WORD_FORMS, sample_question_with_form
 from ..shapes.world import render, sample_scene
 from .scoring import chance_baseline, check_image, geneval_score, normalize_answer
 
@@ -99,8 +99,7 @@ def run_vqa(answer: Answerer, n: int = 200, seed: int = 0, log: Callable[[str], 
     records = []
     for i in range(n):
         scene = sample_scene(rng)
-        question, truth = sample_question(rng, scene, forms=ONE_WORD_FORMS)
-        form = _form_of(question)
+        form, question, truth = sample_question_with_form(rng, scene, forms=ONE_WORD_FORMS)
         pred = answer(question, render(scene))
         correct = normalize_answer(pred) == normalize_answer(truth)
         records.append(
@@ -123,19 +122,6 @@ def run_vqa(answer: Answerer, n: int = 200, seed: int = 0, log: Callable[[str], 
         "records": records,
     }
 
-
-_FORM_PATTERNS = [
-    ("color_of_shape", re.compile(r"What color is the \w+\?")),
-    ("shape_of_color", re.compile(r"What shape is the \w+ object\?")),
-    ("count_objects", re.compile(r"How many objects are there\?")),
-    ("count_shape", re.compile(r"How many \w+s are there\?")),
-    ("exists", re.compile(r"Is there a \w+ \w+\?")),
-    ("relation", re.compile(r"Is the \w+ (left of|right of|above|below) the \w+\?")),
-]
-
-
-def _form_of(question: str) -> str:
-    return next(form for form, p in _FORM_PATTERNS if p.fullmatch(question))
 
 
 # --- tables ---------------------------------------------------------------------------------

@@ -87,6 +87,14 @@ def sample_question(
     rng: random.Random, scene: Scene, forms: Sequence[str] | None = None
 ) -> tuple[str, str]:
     """A (question, answer) pair: a form uniform among those that apply, yes/no balanced."""
+    _, question, answer = sample_question_with_form(rng, scene, forms)
+    return question, answer
+
+
+def sample_question_with_form(
+    rng: random.Random, scene: Scene, forms: Sequence[str] | None = None
+) -> tuple[str, str, str]:
+    """Like :func:`sample_question`, also naming the form the question was drawn from."""
     forms = QUESTION_FORMS if forms is None else tuple(forms)
     unknown = set(forms) - set(QUESTION_FORMS)
     if unknown:
@@ -95,9 +103,11 @@ def sample_question(
     available = [f for f in forms if table[f]]
     if not available:
         raise ValueError(f"none of the forms {forms} applies to this scene")
-    items = table[rng.choice(available)]
+    form = rng.choice(available)
+    items = table[form]
     answers = sorted({a for _, a in items})
     if set(answers) <= {"yes", "no"}:
         wanted = rng.choice(answers)
         items = [qa for qa in items if qa[1] == wanted]
-    return rng.choice(items)
+    question, answer = rng.choice(items)
+    return form, question, answer
