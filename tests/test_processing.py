@@ -385,3 +385,21 @@ def test_only_deepseek_old_is_allowed():
         ProcessorConfig(sft_format="deepseek")
     with pytest.raises(ValueError, match="add_special_token"):
         ProcessorConfig(add_special_token=True)
+
+
+def test_system_prompt_is_read_from_the_config_and_round_trips(processor, tmp_path):
+    # the official files carry no system_prompt: the official text applies and is not written back
+    assert processor.system_prompt == DEFAULT_SYSTEM_PROMPT
+    processor.save_pretrained(tmp_path / "official")
+    assert "system_prompt" not in json.loads((tmp_path / "official" / "processor_config.json").read_text())
+    # a checkpoint trained without a system text says so, and chat rendering follows it
+    processor.system_prompt = ""
+    try:
+        processor.save_pretrained(tmp_path / "none")
+    finally:
+        processor.system_prompt = DEFAULT_SYSTEM_PROMPT
+    again = JanusFlowProcessor.from_pretrained(tmp_path / "none")
+    assert again.system_prompt == ""
+    assert again.encode_chat([{"role": "user", "content": "hi"}])["text"] == "User: hi\n\nAssistant:"
+    # an explicit argument still wins
+    assert JanusFlowProcessor.from_pretrained(tmp_path / "none", system_prompt="S").system_prompt == "S"

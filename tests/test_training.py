@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from janusflow_core.training import (
     TrainConfig,
@@ -23,6 +24,7 @@ from janusflow_core.training import (
     sample_logit_normal,
     update_ema,
 )
+from janusflow_core.processing.chat import render_chat
 from janusflow_core.training.tiny import tiny_setup
 from janusflow_core.training.trainer import Trainer
 
@@ -218,6 +220,72 @@ def test_too_long_sample_is_named(setup, tmp_path):
                  setup.gen_pool, progress=False)
     with pytest.raises(ValueError, match="max_seq_len"):
         tr.batcher.next_batch(setup.config.num_gen_tokens)
+
+
+def test_multi_turn_understanding_samples_match_the_processor(setup):
+    """Several questions about one image form one conversation: its tokens are what the processor makes
+    of the same conversation, the first turn is the single-turn prompt, and only answers are learned."""
+    from janusflow_core.training.data import MixedBatcher
+
+    proc = setup.processor
+    b = MixedBatcher(proc, setup.und_pool, None, (1, 0, 0), 256, seed=3, und_turns=4)
+    scene = setup.und_pool.scenes[0]
+    qas = b._questions(scene)
+    assert len(qas) == 4 and len(set(qas)) == 4
+    ids, seq_mask, labels = b._chat(qas, image=True)
+    messages = []
+    for q, a in qas:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    messages[0]["content"] = f"{proc.special_tokens.image_tag}\n{messages[0]['content']}"
+    image = Image.fromarray(setup.und_pool.images[0])
+    ref = proc.encode_chat(messages[:1], [image])
+    n_first = len(ref["input_ids"])
+    assert ids[:n_first] == ref["input_ids"].tolist() and seq_mask[:n_first] == ref["images_seq_mask"].tolist()
+    tok = proc.tokenizer
+    text = tok.decode(ids)
+    assert text == tok.decode(proc.expand_image_tokens(
+        tok.encode(render_chat(messages, proc.system_prompt, add_generation_prompt=False)))[0].tolist())
+    learned = [t for t in labels if t != -100]
+    want = []
+    for _, a in qas:
+        want += tok.encode(" " + a, add_special_tokens=False) + [proc.special_tokens.eos]
+    assert learned == want
+    assert sum(seq_mask) == int(ref["images_seq_mask"].sum()) >= proc.num_image_tokens
+
+
+def test_repa_targets_are_cached_only_while_the_encoder_is_frozen(setup):
+    from janusflow_core.training.forward import LossWeights, RepaHead, TrainModule
+    from janusflow_core.training.stages import set_stage
+
+    model = setup.model()
+    head = RepaHead(setup.config.llm.hidden_size, setup.config.siglip.width)
+    module = TrainModule(model, head, 1, LossWeights(repa=0.5))
+    pix = torch.randn(3, 3, 64, 64)
+    pix[2] = pix[0]  # the same pool image drawn twice
+    idx = torch.tensor([5, 9, 5])
+    set_stage(model, 2, head)
+    fresh = model.vision_und_enc_model(pix).detach()
+    assert torch.allclose(module.repa_targets(pix, idx), fresh, atol=1e-6)
+    assert sorted(module._repa_targets) == [5, 9]
+    # a cached entry is served without running the encoder again
+    other = torch.randn(3, 3, 64, 64)
+    assert torch.allclose(module.repa_targets(other, idx), fresh, atol=1e-6)
+    # stage 3 trains the encoder: features are recomputed and the cache is dropped
+    set_stage(model, 3, head)
+    assert torch.allclose(module.repa_targets(other, idx), model.vision_und_enc_model(other).detach(), atol=1e-6)
+    assert not module._repa_targets
+
+
+def test_snapshots_reach_the_callback(setup, tmp_path):
+    seen = []
+    cfg = small_cfg(steps=5, snapshot_every=2)
+    tr = Trainer(setup.model(), setup.processor, cfg, tmp_path, setup.und_pool, setup.gen_pool, progress=False,
+                 on_snapshot=lambda step, s, m: seen.append((step, m)))
+    tr.train(resume=False)
+    assert [s for s, _ in seen] == [2, 4, 5]
+    ema = tr.ema_model()
+    for k, v in ema.state_dict().items():  # the last snapshot holds the EMA weights, not the raw ones
+        assert torch.equal(seen[-1][1].state_dict()[k], v), k
 
 
 # -- the shipped model -------------------------------------------------------------------------------

@@ -46,9 +46,14 @@ class ProcessorConfig:
     add_special_token: bool = False
     ignore_id: int = -100
     mask_prompt: bool = True
+    # The official processor takes the system text as a constructor argument; a checkpoint trained with
+    # another one (the shapes model: none) names it here. Absent from the file = the official text.
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
 
     def __post_init__(self) -> None:
         _check_sft_format(self.sft_format)
+        if not isinstance(self.system_prompt, str):
+            raise TypeError(f"system_prompt must be a str, got {type(self.system_prompt).__name__}")
         if self.add_special_token:
             raise ValueError(
                 "add_special_token=true is not supported: JanusFlow replaces each placeholder by "
@@ -71,7 +76,10 @@ class ProcessorConfig:
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "processor_class": "VLChatProcessor"}
+        d = asdict(self)
+        if d["system_prompt"] == DEFAULT_SYSTEM_PROMPT:
+            del d["system_prompt"]  # the official files do not carry it
+        return {**d, "processor_class": "VLChatProcessor"}
 
 
 def _check_sft_format(sft_format: str) -> None:
@@ -296,7 +304,7 @@ class JanusFlowProcessor:
             sft_format=config.sft_format,
             ignore_id=config.ignore_id,
             mask_prompt=config.mask_prompt,
-            **kwargs,
+            **{"system_prompt": config.system_prompt, **kwargs},
         )
 
     @property
@@ -311,6 +319,7 @@ class JanusFlowProcessor:
             sft_format=self.sft_format,
             ignore_id=self.ignore_id,
             mask_prompt=self.mask_prompt,
+            system_prompt=self.system_prompt,
         )
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:

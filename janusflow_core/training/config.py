@@ -16,6 +16,9 @@ class TrainConfig:
     batch_und: int = 16
     batch_gen: int = 32
     batch_text: int = 4
+    # question/answer turns per understanding sample: one image serves several questions of a multi-turn
+    # conversation (the first turn is exactly the single-turn format used at inference)
+    und_turns: int = 1
     max_seq_len: int = 256
     lr: float = 5e-4
     min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio after warm-up
@@ -32,6 +35,9 @@ class TrainConfig:
     t_mean: float = 0.0  # logit-normal t: sigmoid(N(t_mean, t_std^2))
     t_std: float = 1.0
     checkpoint_every: int = 200
+    # > 0: every this many steps hand the EMA model to the trainer's ``on_snapshot`` callback (the recipe
+    # exports it, so score can be plotted against training time)
+    snapshot_every: int = 0
     log_every: int = 10
     seed: int = 0
     mixed_precision: str = "no"  # "no" | "bf16" (accelerate's autocast); bf16 pays off only with AMX/GPU
@@ -54,6 +60,8 @@ class TrainConfig:
         for name in ("batch_und", "batch_gen", "batch_text"):
             if getattr(self, name) < 0:
                 p.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.und_turns < 1:
+            p.append(f"und_turns must be >= 1, got {self.und_turns}")
         if self.batch_und + self.batch_gen + self.batch_text == 0:
             p.append("batch_und + batch_gen + batch_text must be > 0")
         if self.lr <= 0:
@@ -70,6 +78,8 @@ class TrainConfig:
             p.append(f"t_std must be > 0, got {self.t_std}")
         if self.grad_clip < 0:
             p.append(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.snapshot_every < 0:
+            p.append(f"snapshot_every must be >= 0, got {self.snapshot_every}")
         if self.checkpoint_every < 1:
             p.append(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):

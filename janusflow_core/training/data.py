@@ -73,12 +73,13 @@ class MixedBatcher:
 
     def __init__(self, processor: JanusFlowProcessor, und: UnderstandingPool | None, gen: GenerationPool | None,
                  counts: tuple[int, int, int], max_seq_len: int, seed: int, cfg_drop: float = 0.1,
-                 t_mean: float = 0.0, t_std: float = 1.0):
+                 t_mean: float = 0.0, t_std: float = 1.0, und_turns: int = 1):
         self.processor = processor
         self.und, self.gen = und, gen
         self.counts = counts
         self.max_seq_len = max_seq_len
         self.cfg_drop = cfg_drop
+        self.und_turns = und_turns
         self.t_mean, self.t_std = t_mean, t_std
         self.rng = random.Random(seed)
         self.gen_rng = torch.Generator().manual_seed(seed)
@@ -103,18 +104,59 @@ class MixedBatcher:
         ids = list(self.processor.tokenizer.encode(text))
         return ids if ids and ids[0] == self.bos else [self.bos] + ids
 
-    def _chat(self, question: str, answer: str, image: bool) -> tuple[list[int], list[bool], list[int]]:
-        key = ("chat", question, answer, image)
+    def _answer(self, answer: str) -> list[int]:
+        key = ("answer", answer)
+        if key not in self._cache:
+            ids = list(self.processor.tokenizer.encode(" " + answer, add_special_tokens=False)) + [self.eos]
+            self._cache[key] = ids
+        return self._cache[key]
+
+    def _first_turn(self, question: str, image: bool) -> tuple[list[int], list[bool]]:
+        """BOS + system text + ``User: [image] question`` + ``Assistant:``, image positions expanded."""
+        key = ("first", question, image)
         if key not in self._cache:
             st = self.processor.special_tokens
             content = f"{st.image_tag}\n{question}" if image else question
             prompt = self._encode(render_chat([{"role": "user", "content": content}], self.processor.system_prompt))
             ids, seq_mask = self.processor.expand_image_tokens(prompt)
-            ans = list(self.processor.tokenizer.encode(" " + answer, add_special_tokens=False)) + [self.eos]
-            ids = ids.tolist() + ans
-            labels = [-100] * len(seq_mask) + ans
-            self._cache[key] = (ids, seq_mask.tolist() + [False] * len(ans), labels)
+            self._cache[key] = (ids.tolist(), seq_mask.tolist())
         return self._cache[key]
+
+    def _next_turn(self, question: str) -> list[int]:
+        """A later turn, after the previous answer's EOS: ``User: question`` + ``Assistant:``."""
+        key = ("next", question)
+        if key not in self._cache:
+            text = render_chat([{"role": "user", "content": question}], "")
+            self._cache[key] = list(self.processor.tokenizer.encode(text, add_special_tokens=False))
+        return self._cache[key]
+
+    def _chat(self, qas: list[tuple[str, str]], image: bool) -> tuple[list[int], list[bool], list[int]]:
+        """A conversation of one or more (question, answer) turns in the processor's template; labels
+        hold the answer tokens (and their EOS) only."""
+        ids, seq_mask = self._first_turn(qas[0][0], image)
+        ids, seq_mask, labels = list(ids), list(seq_mask), [-100] * len(ids)
+        for k, (q, a) in enumerate(qas):
+            if k:
+                turn = self._next_turn(q)
+                ids += turn
+                seq_mask += [False] * len(turn)
+                labels += [-100] * len(turn)
+            ans = self._answer(a)
+            ids += ans
+            seq_mask += [False] * len(ans)
+            labels += ans
+        return ids, seq_mask, labels
+
+    def _questions(self, scene: Scene) -> list[tuple[str, str]]:
+        """``und_turns`` different questions about the scene (fewer if it has fewer)."""
+        qas: list[tuple[str, str]] = []
+        for _ in range(3 * self.und_turns):
+            qa = sample_question(self.rng, scene)
+            if qa not in qas:
+                qas.append(qa)
+                if len(qas) == self.und_turns:
+                    break
+        return qas
 
     def _gen_prompt(self, caption: str) -> list[int]:
         key = ("gen", caption)
@@ -132,14 +174,13 @@ class MixedBatcher:
         rows, pix, has_img = [], [], []
         for _ in range(n_und):
             i = self.rng.randrange(len(self.und.scenes))
-            q, a = sample_question(self.rng, self.und.scenes[i])
-            rows.append(self._chat(q, a, True))
+            rows.append(self._chat(self._questions(self.und.scenes[i]), True))
             pix.append(self.und.images[i])
             has_img.append(True)
         for _ in range(n_text):
             scene = sample_scene(self.rng)
             q, a = sample_question(self.rng, scene)
-            rows.append(self._chat(f"{describe(scene)}. {q}", a, False))
+            rows.append(self._chat([(f"{describe(scene)}. {q}", a)], False))
             has_img.append(False)
         if not rows:
             return None
@@ -187,7 +228,8 @@ class MixedBatcher:
         noise = torch.randn(latents.shape, generator=self.gen_rng)
         t = sample_logit_normal(n, self.t_mean, self.t_std, generator=self.gen_rng)
         return {"prompt_ids": ids, "prompt_mask": dropped_mask, "position_mask": mask, "latents": latents,
-                "noise": noise, "t": t, "pixel_values": to_pixel_values(self.gen.images[idx])}
+                "noise": noise, "t": t, "pixel_values": to_pixel_values(self.gen.images[idx]),
+                "pool_index": torch.tensor(idx)}
 
     def next_batch(self, num_gen_tokens: int) -> dict:
         n_und, n_gen, n_text = self.counts

@@ -95,6 +95,28 @@ class TrainModule(nn.Module):
         self.repa_head = repa_head
         self.repa_layer = repa_layer if (repa_head is not None and weights.repa > 0) else None
         self.weights = weights
+        # REPA targets of the generation pool's images, kept while the understanding encoder is frozen
+        # (stages 1-2): each pool image is encoded once instead of every time it is drawn
+        self._repa_targets: dict[int, torch.Tensor] = {}
+
+    def _encoder_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.model.vision_und_enc_model.parameters())
+
+    def repa_targets(self, pixel_values: torch.Tensor, pool_index: torch.Tensor | None) -> torch.Tensor:
+        """Stop-gradient understanding-encoder features (B, N, W) of the target images."""
+        enc = self.model.vision_und_enc_model
+        if pool_index is None or not self._encoder_frozen():
+            self._repa_targets.clear()
+            with torch.no_grad():
+                return enc(pixel_values.to(self.model.dtype))
+        keys = pool_index.tolist()
+        missing = [k for k, key in enumerate(keys) if key not in self._repa_targets]
+        if missing:
+            with torch.no_grad():
+                feats = enc(pixel_values[missing].to(self.model.dtype))
+            for k, f in zip(missing, feats):
+                self._repa_targets[keys[k]] = f
+        return torch.stack([self._repa_targets[key] for key in keys])
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Loss terms of one mixed batch and their weighted sum under ``"loss"``."""
@@ -115,8 +137,7 @@ class TrainModule(nn.Module):
             terms.update(losses.flow_loss(v, x, z0))
             part = self.weights.flow * terms["flow"]
             if hidden is not None:
-                with torch.no_grad():
-                    feats = self.model.vision_und_enc_model(gen["pixel_values"].to(self.model.dtype))  # (B, N, W)
+                feats = self.repa_targets(gen["pixel_values"], gen.get("pool_index"))  # (B, N, W)
                 feats = losses.match_grid(feats, self.model.config.gen_grid)
                 terms.update(losses.repa_loss(self.repa_head(hidden), feats))
                 part = part + self.weights.repa * terms["repa"]

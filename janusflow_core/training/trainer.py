@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -70,7 +71,8 @@ class Trainer:
     def __init__(self, model: JanusFlowModel, processor: JanusFlowProcessor, cfg: TrainConfig, out_dir: str | Path,
                  und_pool: UnderstandingPool | None = None, gen_pool: GenerationPool | None = None,
                  repa_head: RepaHead | None = None, accelerator: Accelerator | None = None,
-                 progress: bool = True, desc: str | None = None):
+                 progress: bool = True, desc: str | None = None,
+                 on_snapshot: Callable[[int, float, JanusFlowModel], None] | None = None):
         cfg.validate(model.config, has_und_data=und_pool is not None, has_gen_data=gen_pool is not None,
                      latent_shape=tuple(gen_pool.latents.shape[1:]) if gen_pool is not None else None,
                      num_und_tokens=processor.num_image_tokens)
@@ -85,11 +87,13 @@ class Trainer:
         self.repa_head = repa_head
         self.batcher = MixedBatcher(processor, und_pool, gen_pool, (cfg.batch_und, cfg.batch_gen, cfg.batch_text),
                                     cfg.max_seq_len, seed=cfg.seed * 1000 + self.acc.process_index,
-                                    cfg_drop=cfg.cfg_drop, t_mean=cfg.t_mean, t_std=cfg.t_std)
+                                    cfg_drop=cfg.cfg_drop, t_mean=cfg.t_mean, t_std=cfg.t_std,
+                                    und_turns=cfg.und_turns)
         self.progress = progress
         self.desc = desc or f"stage {cfg.stage}"
         self.step = 0
         self.ema: dict[str, torch.Tensor] | None = None
+        self.on_snapshot = on_snapshot  # (step, seconds of this run, EMA model), main process only
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -195,6 +199,9 @@ class Trainer:
                 out_of_time = bool(acc.reduce(flag, reduction="sum").item() > 0)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or out_of_time:
                 self.save_checkpoint(opt, sched)
+            snap = cfg.snapshot_every and (self.step % cfg.snapshot_every == 0 or self.step == cfg.steps or out_of_time)
+            if snap and self.on_snapshot is not None and acc.is_main_process:
+                self.on_snapshot(self.step, time.time() - t_start, self.ema_model().eval())
             if out_of_time or (stop_at is not None and self.step >= stop_at):
                 break
         bar.close()
