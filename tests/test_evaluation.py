@@ -196,3 +196,17 @@ def test_cli_writes_json_reports(tmp_path, monkeypatch, capsys):
     assert "overall" in capsys.readouterr().err
     cli.main(["vqa", "--model", "fake", "--n", "10", "--quiet"])
     assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
+
+
+def test_vae_roundtrip_ceiling_of_identity_blur_and_blank():
+    identity = benchmarks.run_vae_roundtrip(lambda images: images, per_task=5)
+    assert identity["overall"] == 1.0 and set(identity["per_task"]) == set(TASKS)
+    blank = benchmarks.run_vae_roundtrip(lambda images: [Image.new("RGB", (64, 64), "white") for _ in images],
+                                         per_task=5)
+    assert blank["overall"] == 0.0 and blank["failure_reasons"]["colors"] == {"count": 5}
+
+
+def test_vae_roundtrip_cli_on_the_embedded_vae(capsys):
+    cli.main(["vae", "--per-task", "3", "--quiet"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["benchmark"] == "shapes-vae-roundtrip" and report["overall"] >= 0.5

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from janusflow_core.processing.chat import render_chat
 from janusflow_core.training import (
     TrainConfig,
     ar_loss,
@@ -24,7 +25,6 @@ from janusflow_core.training import (
     sample_logit_normal,
     update_ema,
 )
-from janusflow_core.processing.chat import render_chat
 from janusflow_core.training.tiny import tiny_setup
 from janusflow_core.training.trainer import Trainer
 

@@ -3,6 +3,7 @@
     python -m janusflow_core.evaluation geneval [--model M] [--per-task 24] [--images-per-prompt 1]
         [--steps S] [--cfg W] [--seed 0] [--split test] [--out report.json] [--save-images DIR]
     python -m janusflow_core.evaluation vqa [--model M] [--n 200] [--seed 0] [--out report.json]
+    python -m janusflow_core.evaluation vae [--model M] [--per-task 20] [--seed 0]   (VAE round-trip ceiling)
 
 A readable table goes to stderr; the JSON report to ``--out``, or to stdout without it.
 """
@@ -20,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m janusflow_core.evaluation", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="benchmark", required=True)
-    benchmarks_help = (("geneval", "GenEval-style generation benchmark"), ("vqa", "one-word VQA benchmark"))
+    benchmarks_help = (("geneval", "GenEval-style generation benchmark"), ("vqa", "one-word VQA benchmark"),
+                       ("vae", "geneval check of rendered scenes after a VAE round trip (the VAE's ceiling)"))
     for name, help_text in benchmarks_help:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the embedded model)")
@@ -36,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--cfg", type=float, default=None, help="default: the model's recommendation")
             p.add_argument("--split", default="test", choices=["test", "train"])
             p.add_argument("--save-images", default=None, metavar="DIR")
+        elif name == "vae":
+            p.add_argument("--per-task", type=int, default=20)
         else:
             p.add_argument("--n", type=int, default=200)
             p.add_argument("--max-new-tokens", type=int, default=16)
@@ -58,6 +62,12 @@ def main(argv: list[str] | None = None) -> dict:
         )
         report["settings"].update(model=args.model, steps=args.steps, cfg=args.cfg)
         table = benchmarks.geneval_table(report)
+    elif args.benchmark == "vae":
+        report = benchmarks.run_vae_roundtrip(benchmarks.make_reconstructor(args.model), args.per_task, args.seed)
+        report["settings"].update(model=args.model)
+        rows = [("task", "passes"), *((t, f"{v:.3f}") for t, v in report["per_task"].items()),
+                ("overall", f"{report['overall']:.3f}")]
+        table = "\n".join(f"{a:<15} {b:>7}" for a, b in rows)
     else:
         answer = benchmarks.make_answerer(args.model, args.device, args.dtype, args.max_new_tokens)
         report = benchmarks.run_vqa(answer, n=args.n, seed=args.seed, log=log)
