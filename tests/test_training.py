@@ -308,3 +308,34 @@ def test_shipped_model_reaches_its_floor():
 
 VQA_FLOOR = 0.36  # measured 0.46 (50 questions, seed 1)
 GEN_FLOOR = 0.0  # measured 0.042 (24 images, seed 1): checks only that the whole generation path runs
+
+
+def test_report_joins_stage_runs_and_skips_scored_snapshots(tmp_path, monkeypatch):
+    import json
+
+    from janusflow_core.evaluation import benchmarks
+    from janusflow_core.training import report
+
+    for run, (n, dt) in {"stage1": (10, 6.0), "stage2": (20, 12.0)}.items():
+        (tmp_path / run).mkdir()
+        recs = [{"step": i + 1, "time_s": dt * (i + 1), "flow": 1.0 / (i + 1), "ar": 2.0} for i in range(n)]
+        (tmp_path / run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    curves = report.loss_curves(tmp_path, smooth=5)
+    minutes = [m for m, _ in curves["flow"]]
+    assert len(minutes) == 6 and minutes == sorted(minutes)
+    assert minutes[2] == pytest.approx((60 + 60) / 60)  # stage 2 starts where stage 1 ended (60 s)
+    assert curves["ar"][0][1] == 2.0 and curves["flow"][0][1] == pytest.approx(sum(1 / k for k in range(1, 6)) / 5)
+    for name, secs in (("stage2-step00020", 300.0), ("stage2-step00010", 180.0)):
+        (tmp_path / "snapshots" / name).mkdir(parents=True)
+        (tmp_path / "snapshots" / name / "snapshot.json").write_text(json.dumps({"stage_seconds": secs}))
+    calls = []
+    monkeypatch.setattr(benchmarks, "make_generator", lambda m, *a: calls.append(m) or (lambda p, s, n: [
+        Image.new("RGB", (64, 64), "white")] * n))
+    monkeypatch.setattr(benchmarks, "make_answerer", lambda m, *a: lambda q, im: "no")
+    rows = report.evaluate_snapshots(tmp_path, per_task=1, n=4, log=lambda s: None)
+    assert [r["snapshot"] for r in rows] == ["stage2-step00010", "stage2-step00020"]  # training order
+    assert rows[0]["minutes"] == 3.0 and rows[0]["geneval"] == 0.0
+    report.evaluate_snapshots(tmp_path, per_task=1, n=4, log=lambda s: None)
+    assert len(calls) == 2  # already scored snapshots are not scored again
+    out = report.plot(tmp_path, tmp_path / "curves.png")
+    assert Image.open(out).size == (1000, 380)
