@@ -29,8 +29,10 @@ conformance: setup
 bench: setup
 	$(PY) bench/bench_core.py
 
+# two CPU processes (DDP over gloo), one thread each: how the shipped model was trained
 train: setup
-	$(PY) -m janusflow_core.training.shapes_recipe --out assets/janusflow-shapes
+	PYTHONPATH=. OMP_NUM_THREADS=1 $(VENV)/bin/accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
+		--mixed_precision no --dynamo_backend no -m janusflow_core.training.shapes_recipe --out assets/janusflow-shapes
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -339,3 +339,25 @@ def test_report_joins_stage_runs_and_skips_scored_snapshots(tmp_path, monkeypatc
     assert len(calls) == 2  # already scored snapshots are not scored again
     out = report.plot(tmp_path, tmp_path / "curves.png")
     assert Image.open(out).size == (1000, 380)
+
+
+def test_recipe_end_to_end_at_toy_scale(tmp_path):
+    """The one-command recipe (tokenizer, VAE, ViT pre-training, three stages, export) with every count
+    cut to a few steps: the export loads through load_pretrained with its processor, VAE and sampling
+    settings, records that it was trained without a system text, and a rerun resumes instead of retraining."""
+    from janusflow_core import load_pretrained
+    from janusflow_core.training.shapes_recipe import Recipe, run
+
+    r = Recipe()
+    r = replace(r, vae_steps=2, vae_batch=4, siglip_steps=2, siglip_batch=8, und_pool=12, gen_pool=12,
+                stages=tuple(replace(s, steps=2, time_limit_s=0, batch_und=2, batch_gen=3, checkpoint_every=1,
+                                     snapshot_every=1 if s.stage == 3 else 0) for s in r.stages))
+    out, work = tmp_path / "model", tmp_path / "work"
+    summary = run(r, out, work, progress=False)
+    assert set(summary["times_s"]) >= {"tokenizer", "vae+siglip", "stage1", "stage2", "stage3", "total"}
+    bundle = load_pretrained(out, device="cpu", dtype="float32")
+    assert bundle.processor.system_prompt == ""
+    assert bundle.sampling == {"steps": 30, "cfg": r.cfg_weight}
+    assert sorted(p.name for p in (work / "snapshots").iterdir()) == ["stage3-step00001", "stage3-step00002"]
+    again = run(r, out, work, progress=False)
+    assert again["times_s"]["vae+siglip"] < 5 and again["times_s"]["stage2"] < summary["times_s"]["stage2"] + 5
