@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--images-per-prompt", type=int, default=1)
             p.add_argument("--steps", type=int, default=None, help="default: the model's recommendation")
             p.add_argument("--cfg", type=float, default=None, help="default: the model's recommendation")
+            p.add_argument("--sampler", default="euler", choices=["euler", "heun"],
+                           help="ODE solver (heun costs two velocity evaluations per step)")
             p.add_argument("--split", default="test", choices=["test", "train"])
             p.add_argument("--save-images", default=None, metavar="DIR")
         elif name == "vae":
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     if args.benchmark == "geneval":
-        generate = benchmarks.make_generator(args.model, args.device, args.dtype, args.steps, args.cfg)
+        generate = benchmarks.make_generator(args.model, args.device, args.dtype, args.steps, args.cfg, args.sampler)
         report = benchmarks.run_geneval(
             generate,
             per_task=args.per_task,
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
             save_images=args.save_images,
             log=log,
         )
-        report["settings"].update(model=args.model, steps=args.steps, cfg=args.cfg)
+        report["settings"].update(model=args.model, steps=args.steps, cfg=args.cfg, sampler=args.sampler)
         table = benchmarks.geneval_table(report)
     elif args.benchmark == "vae":
         report = benchmarks.run_vae_roundtrip(benchmarks.make_reconstructor(args.model), args.per_task, args.seed)

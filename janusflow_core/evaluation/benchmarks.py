@@ -222,6 +222,7 @@ def make_generator(
     dtype: str | None = None,
     steps: int | None = None,
     cfg: float | None = None,
+    sampler: str = "euler",
 ) -> Generator:
     """``GenerationPipeline`` as a Generator; None steps/cfg use the model's recommendation."""
     from janusflow_core import GenerationPipeline
@@ -229,7 +230,7 @@ def make_generator(
     pipe = GenerationPipeline(_bundle(model, device, dtype))
 
     def generate(prompt: str, seed: int, num_images: int) -> list[Image.Image]:
-        return list(pipe(prompt, steps=steps, cfg=cfg, seed=seed, num_images=num_images).images)
+        return list(pipe(prompt, steps=steps, cfg=cfg, seed=seed, num_images=num_images, sampler=sampler).images)
 
     return generate
 
