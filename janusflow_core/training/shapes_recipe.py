@@ -25,7 +25,7 @@ import torch
 from ..checkpoint import save_pretrained
 from ..config import GenDecoderConfig, GenEncoderConfig, JanusFlowConfig, LLMConfig, SigLIPConfig
 from ..modeling import JanusFlowModel
-from ..processing.chat import DEFAULT_SYSTEM_PROMPT, render_chat, render_generation_prompt
+from ..processing.chat import render_chat, render_generation_prompt
 from ..processing.image import ImageProcessor, ImageProcessorConfig
 from ..processing.processor import JanusFlowProcessor, SpecialTokens
 from ..processing.tokenizer import train_bpe_tokenizer
@@ -61,21 +61,22 @@ class Recipe:
     vocab_size: int = 400
     vae_steps: int = 500
     vae_batch: int = 32
-    siglip_steps: int = 120
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    siglip_steps: int = 400
     siglip_batch: int = 64
-    und_pool: int = 4000
-    gen_pool: int = 6000
+    und_pool: int = 8000
+    gen_pool: int = 12000
     cfg_weight: float = 3.0
+    # the shapes model is trained without a system text (the official one would be a third of every
+    # understanding sample); processor_config.json records it, so chat uses the same
+    system_prompt: str = ""
     stages: tuple[TrainConfig, ...] = field(default_factory=lambda: (
         TrainConfig(stage=1, steps=60, lr=1e-3, warmup_steps=20, batch_und=8, batch_gen=32, batch_text=2,
-                    checkpoint_every=50),
-        TrainConfig(stage=2, steps=1200, lr=1e-3, warmup_steps=50, batch_und=8, batch_gen=32, batch_text=2,
-                    checkpoint_every=100, time_limit_s=1440),
-        TrainConfig(stage=3, steps=300, lr=3e-4, warmup_steps=20, batch_und=12, batch_gen=24, batch_text=2,
-                    checkpoint_every=100, time_limit_s=420),
-        # a longer second stage-3 run (everything trains) with more understanding samples
-        TrainConfig(stage=3, steps=1400, lr=5e-4, warmup_steps=50, batch_und=16, batch_gen=32, batch_text=2,
-                    checkpoint_every=100, time_limit_s=1080),
+                    und_turns=6, checkpoint_every=50),
+        TrainConfig(stage=2, steps=5000, lr=2e-3, warmup_steps=100, batch_und=8, batch_gen=40, batch_text=2,
+                    und_turns=6, checkpoint_every=200, snapshot_every=500, time_limit_s=3300),
+        TrainConfig(stage=3, steps=2000, lr=5e-4, warmup_steps=50, batch_und=12, batch_gen=40, batch_text=2,
+                    und_turns=6, checkpoint_every=200, snapshot_every=300, time_limit_s=1200),
     ))
 
     def scaled(self, factor: float) -> Recipe:
@@ -88,10 +89,10 @@ class Recipe:
 
 
 def corpus(seed: int, n_scenes: int = 3000) -> list[str]:
-    """The texts the tokenizer learns from: every prompt, descriptions, questions and answers, the
-    system prompt and the chat template's role names."""
+    """The texts the tokenizer learns from: every prompt, descriptions, questions and answers and the
+    chat template's role names."""
     rng = random.Random(f"tokenizer:{seed}")
-    texts = [DEFAULT_SYSTEM_PROMPT] * 20 + [render_generation_prompt(p) for t in TASKS for p in all_prompts(t)]
+    texts = [render_generation_prompt(p) for t in TASKS for p in all_prompts(t)]
     for _ in range(n_scenes):
         scene = sample_scene(rng)
         texts.append(describe(scene))
@@ -102,9 +103,9 @@ def corpus(seed: int, n_scenes: int = 3000) -> list[str]:
     return texts
 
 
-def build_processor(tokenizer, num_image_tokens: int) -> JanusFlowProcessor:
+def build_processor(tokenizer, num_image_tokens: int, system_prompt: str = "") -> JanusFlowProcessor:
     return JanusFlowProcessor(tokenizer, ImageProcessor(ImageProcessorConfig(image_size=IMAGE_SIZE)),
-                              num_image_tokens, SpecialTokens.from_tokenizer(tokenizer))
+                              num_image_tokens, SpecialTokens.from_tokenizer(tokenizer), system_prompt=system_prompt)
 
 
 def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
@@ -127,32 +128,28 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     acc.wait_for_everyone()
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     cfg = model_config(len(tokenizer))
-    processor = build_processor(tokenizer, cfg.num_und_tokens)
+    processor = build_processor(tokenizer, cfg.num_und_tokens, recipe.system_prompt)
     times["tokenizer"] = time.time() - t0
 
-    # 2. VAE
+    # 2 + 3. VAE and understanding encoder (SigLIP-style pre-training); with two or more processes the
+    # second one pre-trains the ViT while the main one trains the VAE
     t0 = time.time()
-    vae_dir = work / "vae"
+    vae_dir, vit_path = work / "vae", work / "siglip.pt"
+    vit_rank = 1 if acc.num_processes > 1 else 0
     if main_proc and not (vae_dir / "config.json").exists():
-        vae_model = train_vae(recipe.vae_steps, batch=recipe.vae_batch, seed=recipe.seed, progress=progress, log=log)
-        vae_model.save_pretrained(vae_dir)
-    acc.wait_for_everyone()
-    vae = VAE.from_pretrained(vae_dir)
-    times["vae"] = time.time() - t0
-
-    # 3. understanding encoder (SigLIP-style pre-training)
-    t0 = time.time()
-    vit_path = work / "siglip.pt"
-    if main_proc and not vit_path.exists():
-        vit = pretrain_siglip(cfg.siglip, tokenizer, recipe.siglip_steps, batch=recipe.siglip_batch, seed=recipe.seed,
+        vae_model = train_vae(recipe.vae_steps, batch=recipe.vae_batch, seed=recipe.seed, channels=recipe.vae_channels,
                               progress=progress, log=log)
+        vae_model.save_pretrained(vae_dir)
+    if acc.process_index == vit_rank and not vit_path.exists():
+        vit = pretrain_siglip(cfg.siglip, tokenizer, recipe.siglip_steps, batch=recipe.siglip_batch, seed=recipe.seed,
+                              progress=progress and main_proc, log=log)
         torch.save(vit.state_dict(), vit_path)
-    acc.wait_for_everyone()
-    times["siglip"] = time.time() - t0
     if log:
         with (work / "pretrain_log.jsonl").open("a") as f:
-            for rec in log:
-                f.write(json.dumps(rec) + "\n")
+            f.write("".join(json.dumps(rec) + "\n" for rec in log))
+    acc.wait_for_everyone()
+    vae = VAE.from_pretrained(vae_dir)
+    times["vae+siglip"] = time.time() - t0
 
     if not recipe.stages:
         return {"times_s": times}
@@ -172,15 +169,26 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     model.vision_und_enc_model.vision_tower.load_state_dict(torch.load(vit_path))
     repa_head = None
     trainer = None
+    stage_seconds = 0.0  # training seconds of the stage runs so far (this invocation)
     for i, stage_cfg in enumerate(stages):
         t0 = time.time()
         name = f"stage{stage_cfg.stage}" if i == [s.stage for s in stages].index(stage_cfg.stage) else \
             f"stage{stage_cfg.stage}-{i + 1}"
+        def snapshot(step: int, seconds: float, ema_model: JanusFlowModel, name: str = name,
+                     before: float = stage_seconds) -> None:
+            folder = work / "snapshots" / f"{name}-step{step:05d}"
+            save_pretrained(ema_model, folder, processor=processor, vae=vae,
+                            sampling={"steps": 30, "cfg": recipe.cfg_weight})
+            (folder / "snapshot.json").write_text(json.dumps(
+                {"run": name, "step": step, "run_seconds": round(seconds, 1),
+                 "stage_seconds": round(before + seconds, 1)}) + "\n")
+
         trainer = Trainer(model, processor, stage_cfg, work / name, und_pool, gen_pool,
-                          repa_head=repa_head, accelerator=acc, progress=progress)
+                          repa_head=repa_head, accelerator=acc, progress=progress, on_snapshot=snapshot)
         result = trainer.train(resume=True)
         repa_head = trainer.repa_head
         times[name] = time.time() - t0
+        stage_seconds += result["seconds"]
         print(f"{name}: {result}", flush=True)
 
     # 6. export the EMA weights
