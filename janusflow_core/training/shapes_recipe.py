@@ -3,11 +3,14 @@
     python -m janusflow_core.training.shapes_recipe --out assets/janusflow-shapes
 
 1. a byte-level BPE tokenizer on the world's texts (official special tokens);
-2. a small ``AutoencoderKL`` (64 px -> 16x16x4 latents) with its scaling factor;
-3. the understanding ViT, pre-trained with SigLIP's sigmoid image-text loss;
+2. a small ``AutoencoderKL`` (64 px -> 16x16x4 latents) with its scaling factor, and
+3. the understanding ViT, pre-trained with SigLIP's sigmoid image-text loss (2 and 3 run side by side
+   when there are two or more processes);
 4. JanusFlow's three stages (paper §3.4) on mixed understanding / generation / text-only batches;
 5. the EMA weights exported in the official layout with processor, VAE and ``sampling.json``.
-Intermediate results live in ``--work``; rerunning the command resumes where it stopped.
+Intermediate results live in ``--work`` (with EMA snapshots for score-vs-time plots, see
+``training.report``); rerunning the command resumes where it stopped. The measured run is in
+docs/training-results.md.
 """
 
 from __future__ import annotations
