@@ -153,9 +153,9 @@ def run_vae_roundtrip(
 def make_reconstructor(model: str | None, batch: int = 64) -> Callable[[list[Image.Image]], list[Image.Image]]:
     """The VAE of a checkpoint folder (its ``vae/``) as encode-then-decode on PIL images."""
     import numpy as np
-    import torch
 
     from janusflow_core.checkpoint import DEFAULT_MODEL
+    from janusflow_core.training.data import to_pixel_values
     from janusflow_core.vae import VAE, to_pil
 
     folder = Path(model) if model else DEFAULT_MODEL
@@ -164,8 +164,7 @@ def make_reconstructor(model: str | None, batch: int = 64) -> Callable[[list[Ima
     def reconstruct(images: list[Image.Image]) -> list[Image.Image]:
         out = []
         for i in range(0, len(images), batch):
-            arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images[i : i + batch]])
-            x = torch.from_numpy(arr / 127.5 - 1.0).permute(0, 3, 1, 2)
+            x = to_pixel_values(np.stack([np.asarray(im.convert("RGB")) for im in images[i : i + batch]]))
             out += to_pil(vae.decode(vae.encode(x)))
         return out
 

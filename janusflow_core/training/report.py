@@ -45,7 +45,7 @@ def evaluate_snapshots(work: Path, per_task: int = 6, n: int = 60, seed: int = 0
         vqa = benchmarks.run_vqa(benchmarks.make_answerer(str(folder), "cpu", "float32"), n=n, seed=seed)
         rec = {"snapshot": folder.name, **meta, "minutes": round(meta["stage_seconds"] / 60, 2),
                "geneval": gen["score"]["overall"], "geneval_chance": gen["chance_baseline"]["overall"],
-               "geneval_per_task": gen["score"]["per_task"], "vqa": vqa["accuracy"], "n_images": 6 * per_task,
+               "geneval_per_task": gen["score"]["per_task"], "vqa": vqa["accuracy"], "n_images": len(gen["records"]),
                "n_questions": n}
         with out.open("a") as f:
             f.write(json.dumps(rec) + "\n")

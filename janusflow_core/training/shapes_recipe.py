@@ -82,6 +82,11 @@ class Recipe:
                     und_turns=6, checkpoint_every=200, snapshot_every=300, time_limit_s=1200),
     ))
 
+    @property
+    def sampling(self) -> dict:
+        """The recommended sampling settings written to ``sampling.json`` of every export."""
+        return {"steps": 30, "cfg": self.cfg_weight}
+
     def scaled(self, factor: float) -> Recipe:
         """Every stage's steps and time budget multiplied by ``factor`` (short runs, ablations)."""
         return replace(self, stages=tuple(replace(s, steps=max(1, round(s.steps * factor)),
@@ -181,7 +186,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
                      before: float = stage_seconds) -> None:
             folder = work / "snapshots" / f"{name}-step{step:05d}"
             save_pretrained(ema_model, folder, processor=processor, vae=vae,
-                            sampling={"steps": 30, "cfg": recipe.cfg_weight})
+                            sampling=recipe.sampling)
             (folder / "snapshot.json").write_text(json.dumps(
                 {"run": name, "step": step, "run_seconds": round(seconds, 1),
                  "stage_seconds": round(before + seconds, 1)}) + "\n")
@@ -197,7 +202,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     # 6. export the EMA weights
     if main_proc:
         ema = trainer.ema_model().eval()
-        save_pretrained(ema, out, processor=processor, vae=vae, sampling={"steps": 30, "cfg": recipe.cfg_weight})
+        save_pretrained(ema, out, processor=processor, vae=vae, sampling=recipe.sampling)
     acc.wait_for_everyone()
     times["total"] = time.time() - t_all
     summary = {"times_s": {k: round(v, 1) for k, v in times.items()},
