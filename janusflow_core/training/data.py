@@ -64,7 +64,7 @@ def build_generation_pool(n: int, seed: int, encode: Callable[[torch.Tensor], to
     latents = []
     with torch.no_grad():
         for i in range(0, n, batch):
-            latents.append(encode(to_pixel_values(images[i:i + batch])).float())
+            latents.append(encode(to_pixel_values(images[i:i + batch])).float().cpu())
     return GenerationPool(captions, torch.cat(latents), images)
 
 

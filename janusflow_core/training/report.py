@@ -31,7 +31,8 @@ def snapshot_folders(work: Path) -> list[Path]:
     return sorted(folders, key=lambda p: json.loads((p / "snapshot.json").read_text())["stage_seconds"])
 
 
-def evaluate_snapshots(work: Path, per_task: int = 6, n: int = 60, seed: int = 0, log=print) -> list[dict]:
+def evaluate_snapshots(work: Path, per_task: int = 6, n: int = 60, seed: int = 0, log=print,
+                       device: str = "cpu") -> list[dict]:
     from ..evaluation import benchmarks
 
     out = work / SCORES_FILE
@@ -40,9 +41,9 @@ def evaluate_snapshots(work: Path, per_task: int = 6, n: int = 60, seed: int = 0
         if folder.name in done:
             continue
         meta = json.loads((folder / "snapshot.json").read_text())
-        gen = benchmarks.run_geneval(benchmarks.make_generator(str(folder), "cpu", "float32"), per_task=per_task,
+        gen = benchmarks.run_geneval(benchmarks.make_generator(str(folder), device, "float32"), per_task=per_task,
                                      seed=seed)
-        vqa = benchmarks.run_vqa(benchmarks.make_answerer(str(folder), "cpu", "float32"), n=n, seed=seed)
+        vqa = benchmarks.run_vqa(benchmarks.make_answerer(str(folder), device, "float32"), n=n, seed=seed)
         rec = {"snapshot": folder.name, **meta, "minutes": round(meta["stage_seconds"] / 60, 2),
                "geneval": gen["score"]["overall"], "geneval_chance": gen["chance_baseline"]["overall"],
                "geneval_per_task": gen["score"]["per_task"], "vqa": vqa["accuracy"], "n_images": len(gen["records"]),
@@ -133,12 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--per-task", type=int, default=6)
     s.add_argument("--n", type=int, default=60)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
     p = sub.add_parser("plot", help="loss and score curves as a PNG")
     p.add_argument("--work", required=True)
     p.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if args.command == "snapshots":
-        evaluate_snapshots(Path(args.work), args.per_task, args.n, args.seed)
+        evaluate_snapshots(Path(args.work), args.per_task, args.n, args.seed, device=args.device)
     else:
         print(plot(Path(args.work), Path(args.out)))
 
