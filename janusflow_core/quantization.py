@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+
 from torch import nn
 
 from .modeling import JanusFlowModel
+
+
+class _DropInt8CastNotice(logging.Filter):
+    """bitsandbytes logs "MatMul8bitLt: inputs will be cast from torch.bfloat16 to float16" on every 8-bit
+    matmul, i.e. hundreds of lines per generated token (seen on an H200, bench/results/cuda-h200.json).
+    The cast is how LLM.int8 works (fp16 activations), so the notice is dropped; other messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+INT8_CAST_FILTER = _DropInt8CastNotice()
+
+
+def quiet_int8_cast_notice() -> None:
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if INT8_CAST_FILTER not in logger.filters:
+        logger.addFilter(INT8_CAST_FILTER)
 
 
 def quantize_llm_8bit(model: JanusFlowModel, threshold: float = 6.0) -> int:
@@ -14,6 +34,7 @@ def quantize_llm_8bit(model: JanusFlowModel, threshold: float = 6.0) -> int:
         import bitsandbytes as bnb
     except ImportError as exc:
         raise RuntimeError("8-bit loading needs bitsandbytes: pip install bitsandbytes (CUDA only)") from exc
+    quiet_int8_cast_notice()
     device = model.device
     count = 0
     for layer in model.language_model.model.layers:
