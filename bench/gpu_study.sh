@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # The one prepared run for a lent GPU machine (device tool): the core CUDA checks (bench_cuda.py), then
 # five shapes-recipe variants trained side by side and scored as they finish (recipe_study.py).
-# Needs: .whl/ (diffusers, transformers pinned as here) and .study-base/ (tokenizer/, vae/, siglip.pt).
+# Needs two folders beside the repo's files, git-ignored locally (.git/info/exclude) and named in the
+# device call's carry:
+#   .whl/        wheels of the packages the GPU image lacks or has in other versions, for Python 3.12:
+#                diffusers, transformers (as pinned in requirements.txt), importlib_metadata, regex
+#                (pip download --no-deps --only-binary=:all: --python-version 3.12 ...), and .whl/bnb/ =
+#                bitsandbytes unpacked with only its CPU and CUDA 13 libraries (the full wheel is 43 MB)
+#   .study-base/ tokenizer/, vae/ and siglip.pt of a recipe work folder (runs/<name>/)
+# Smoke run here: SKIP_WHEELS=1 PY=.venv/bin/python DEVICE=cpu OUT=/tmp/o END=$(($(date +%s)+420)) \
+#   BENCH_ARGS="--device cpu --preset tiny" TRAIN_ARGS="--scale 0.003 --pool-scale 0.01" \
+#   SCORE_ARGS="--per-task 1 --n 4 --snap-per-task 1 --snap-n 2" bash bench/gpu_study.sh
 # Everything it reports lands in $OUT; stop times are absolute so it ends inside the call's limit.
 T0=$(date +%s); rm -rf /tmp/study
 END=${END:-$((T0 + 530))}
