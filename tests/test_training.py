@@ -3,6 +3,7 @@ errors, and a floor on the shipped shapes model."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -184,6 +185,17 @@ def test_resume_continues_identically(setup, tmp_path):
 
 
 # -- bad configs fail before compute, naming the field -----------------------------------------------
+
+def test_time_budget_drives_the_schedule_and_the_log_shows_the_lr_used(setup, tmp_path):
+    # a budget that is spent after the first step: the schedule jumps to its end (lr * min_lr_ratio), the
+    # run stops there, and the log reports that lr rather than the step-based scheduler's warm-up value
+    cfg = small_cfg(steps=50, warmup_steps=10, log_every=1, time_limit_s=1e-6)
+    tr = Trainer(setup.model(), setup.processor, cfg, tmp_path, setup.und_pool, setup.gen_pool, progress=False)
+    assert tr.train(resume=False)["step"] == 1
+    rec = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+    assert {"flow", "ar", "loss", "tok_per_s"} <= rec.keys()
+
 
 @pytest.mark.parametrize("change, field", [
     ({"repa_layer": 7}, "repa_layer"),

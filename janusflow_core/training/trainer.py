@@ -186,8 +186,9 @@ class Trainer:
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in last.items()}, "tok/s": f"{tok_s:.0f}"})
             bar.update(1)
             if acc.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                # "lr" is the one used: with a time budget it is set above, not by the scheduler
                 rec = {"stage": cfg.stage, "step": self.step, "time_s": round(time.time() - t_start, 2),
-                       "lr": sched.get_last_lr()[0], **last, "tok_per_s": round(tok_s, 1),
+                       "lr": opt.param_groups[0]["lr"], **last, "tok_per_s": round(tok_s, 1),
                        "grad_norm": float(grad_norm) if grad_norm is not None else None}
                 with log_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
