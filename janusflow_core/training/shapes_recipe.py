@@ -65,7 +65,7 @@ class Recipe:
     vae_steps: int = 500
     vae_batch: int = 32
     vae_channels: tuple[int, ...] = (32, 64, 64)
-    siglip_steps: int = 400
+    siglip_steps: int = 680  # about the VAE's time: rank 1 pre-trains the ViT while rank 0 trains the VAE
     siglip_batch: int = 64
     und_pool: int = 8000
     gen_pool: int = 12000
@@ -73,13 +73,16 @@ class Recipe:
     # the shapes model is trained without a system text (the official one would be a third of every
     # understanding sample); processor_config.json records it, so chat uses the same
     system_prompt: str = ""
+    # batches are global (split over the processes). Stages 2 and 3 use small batches for many steps: at
+    # equal wall time on a GPU, 4x the batch for 0.8x the steps scored no better (docs/training-results.md),
+    # and on a CPU a step costs in proportion to its batch
     stages: tuple[TrainConfig, ...] = field(default_factory=lambda: (
         TrainConfig(stage=1, steps=60, lr=1e-3, warmup_steps=20, batch_und=8, batch_gen=32, batch_text=2,
                     und_turns=6, checkpoint_every=50),
-        TrainConfig(stage=2, steps=5000, lr=2e-3, warmup_steps=100, batch_und=8, batch_gen=40, batch_text=2,
-                    und_turns=6, checkpoint_every=200, snapshot_every=500, time_limit_s=3300),
-        TrainConfig(stage=3, steps=2000, lr=5e-4, warmup_steps=50, batch_und=12, batch_gen=40, batch_text=2,
-                    und_turns=6, checkpoint_every=200, snapshot_every=300, time_limit_s=1200),
+        TrainConfig(stage=2, steps=12000, lr=2e-3, warmup_steps=200, batch_und=4, batch_gen=20, batch_text=2,
+                    und_turns=6, checkpoint_every=400, snapshot_every=2000, time_limit_s=3000),
+        TrainConfig(stage=3, steps=6000, lr=5e-4, warmup_steps=100, batch_und=6, batch_gen=20, batch_text=2,
+                    und_turns=6, checkpoint_every=400, snapshot_every=1500, time_limit_s=2400),
     ))
 
     @property
@@ -156,7 +159,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
         with (work / "pretrain_log.jsonl").open("a") as f:
             f.write("".join(json.dumps(rec) + "\n" for rec in log))
     acc.wait_for_everyone()
-    vae = VAE.from_pretrained(vae_dir)
+    vae = VAE.from_pretrained(vae_dir, device=acc.device)  # encodes the generation pool on the accelerator
     times["vae+siglip"] = time.time() - t0
 
     if not recipe.stages:
@@ -178,6 +181,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     repa_head = None
     trainer = None
     stage_seconds = 0.0  # training seconds of the stage runs so far (this invocation)
+    steps: dict[str, int] = {}
     for i, stage_cfg in enumerate(stages):
         t0 = time.time()
         name = f"stage{stage_cfg.stage}" if i == [s.stage for s in stages].index(stage_cfg.stage) else \
@@ -196,6 +200,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
         result = trainer.train(resume=True)
         repa_head = trainer.repa_head
         times[name] = time.time() - t0
+        steps[name] = result["step"]
         stage_seconds += result["seconds"]
         print(f"{name}: {result}", flush=True)
 
@@ -205,7 +210,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
         save_pretrained(ema, out, processor=processor, vae=vae, sampling=recipe.sampling)
     acc.wait_for_everyone()
     times["total"] = time.time() - t_all
-    summary = {"times_s": {k: round(v, 1) for k, v in times.items()},
+    summary = {"times_s": {k: round(v, 1) for k, v in times.items()}, "steps": steps,
                "recipe": dataclasses.asdict(recipe)}
     if main_proc:
         (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
