@@ -87,20 +87,14 @@ def train(args) -> None:
 def score(args) -> None:
     """Score snapshots as they appear (small evaluation) and finished exports (full evaluation) until
     every variant is done or the deadline passes; one JSON line per result."""
-    from janusflow_core.evaluation import benchmarks
-    from janusflow_core.training.report import snapshot_folders
+    from janusflow_core.training.report import score_model, snapshot_folders
 
     out = Path(args.scores)
     out.parent.mkdir(parents=True, exist_ok=True)
     done: set[str] = set()
 
     def evaluate(folder: Path, per_task: int, n: int, extra: dict) -> None:
-        gen = benchmarks.run_geneval(benchmarks.make_generator(str(folder), args.device, "float32"),
-                                     per_task=per_task, seed=0)
-        vqa = benchmarks.run_vqa(benchmarks.make_answerer(str(folder), args.device, "float32"), n=n, seed=0)
-        rec = {**extra, "geneval": gen["score"]["overall"], "geneval_chance": gen["chance_baseline"]["overall"],
-               "geneval_per_task": gen["score"]["per_task"], "vqa": vqa["accuracy"],
-               "vqa_per_form": vqa.get("per_form"), "n_images": len(gen["records"]), "n_questions": n}
+        rec = {**extra, **score_model(folder, per_task, n, seed=0, device=args.device)}
         with out.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         print(json.dumps({k: rec[k] for k in ("variant", "what", "geneval", "vqa")}), flush=True)

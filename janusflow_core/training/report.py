@@ -31,23 +31,29 @@ def snapshot_folders(work: Path) -> list[Path]:
     return sorted(folders, key=lambda p: json.loads((p / "snapshot.json").read_text())["stage_seconds"])
 
 
-def evaluate_snapshots(work: Path, per_task: int = 6, n: int = 60, seed: int = 0, log=print,
-                       device: str = "cpu") -> list[dict]:
+def score_model(folder: Path | str, per_task: int, n: int, seed: int = 0, device: str = "cpu") -> dict:
+    """shapes-geneval (``per_task`` prompts per task) and shapes-vqa (``n`` questions) of one exported
+    model, as one JSON-ready record."""
     from ..evaluation import benchmarks
 
+    gen = benchmarks.run_geneval(benchmarks.make_generator(str(folder), device, "float32"), per_task=per_task,
+                                 seed=seed)
+    vqa = benchmarks.run_vqa(benchmarks.make_answerer(str(folder), device, "float32"), n=n, seed=seed)
+    return {"geneval": gen["score"]["overall"], "geneval_chance": gen["chance_baseline"]["overall"],
+            "geneval_per_task": gen["score"]["per_task"], "vqa": vqa["accuracy"], "vqa_per_form": vqa["per_form"],
+            "n_images": len(gen["records"]), "n_questions": n}
+
+
+def evaluate_snapshots(work: Path, per_task: int = 6, n: int = 60, seed: int = 0, log=print,
+                       device: str = "cpu") -> list[dict]:
     out = work / SCORES_FILE
     done = {r["snapshot"] for r in _read_jsonl(out)}
     for folder in snapshot_folders(work):
         if folder.name in done:
             continue
         meta = json.loads((folder / "snapshot.json").read_text())
-        gen = benchmarks.run_geneval(benchmarks.make_generator(str(folder), device, "float32"), per_task=per_task,
-                                     seed=seed)
-        vqa = benchmarks.run_vqa(benchmarks.make_answerer(str(folder), device, "float32"), n=n, seed=seed)
         rec = {"snapshot": folder.name, **meta, "minutes": round(meta["stage_seconds"] / 60, 2),
-               "geneval": gen["score"]["overall"], "geneval_chance": gen["chance_baseline"]["overall"],
-               "geneval_per_task": gen["score"]["per_task"], "vqa": vqa["accuracy"], "n_images": len(gen["records"]),
-               "n_questions": n}
+               **score_model(folder, per_task, n, seed, device)}
         with out.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         log(f"{folder.name}: {rec['minutes']} min, geneval {rec['geneval']:.3f} "
