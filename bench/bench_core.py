@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from janusflow_core.config import PRESETS  # noqa: E402
 from janusflow_core.modeling import JanusFlowModel  # noqa: E402
-from janusflow_core.modeling.llm import reset_rope_buffers  # noqa: E402
 from janusflow_core.sampling import cfg  # noqa: E402
+from janusflow_core.testing import random_full_model  # noqa: E402
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> float:
@@ -55,19 +55,7 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
 
 
 def build_random(dtype: torch.dtype, preset: str = "janusflow-1.3b") -> JanusFlowModel:
-    with torch.device("meta"):
-        model = JanusFlowModel(PRESETS[preset]())
-    model.to_empty(device="cpu")
-    model.to(dtype)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1 or "norm" in name:
-                p.fill_(1.0) if "weight" in name else p.zero_()
-            else:
-                p.normal_(0, 0.02, generator=g)
-    reset_rope_buffers(model.language_model, "cpu")
-    return model.eval().requires_grad_(False)
+    return random_full_model(PRESETS[preset](), "cpu", dtype)
 
 
 def step_flops(model: JanusFlowModel, rows: int, prompt: int, cached: bool) -> float:

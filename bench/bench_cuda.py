@@ -62,6 +62,7 @@ try:  # the project (and diffusers, which its pipelines need): a failure here st
         SpecialTokens,
         train_bpe_tokenizer,
     )
+    from janusflow_core.testing import random_full_model, toy_corpus
     from janusflow_core.vae import VAE, safe_vae_dtype
 
     IMPORT_ERROR = None
@@ -79,9 +80,6 @@ SDXL_VAE = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_p
             "block_out_channels": (128, 256, 512, 512), "down_block_types": ("DownEncoderBlock2D",) * 4,
             "up_block_types": ("UpDecoderBlock2D",) * 4, "sample_size": 1024, "scaling_factor": 0.13025,
             "force_upcast": True, "act_fn": "silu"}
-_WORDS = ("a red blue green yellow purple orange white circle square triangle shape shapes and left right of "
-          "above below on background two three what color colors is are the how many in this image").split()
-
 T0 = time.perf_counter()
 
 
@@ -193,21 +191,9 @@ def check_budget(budget_s: float) -> None:
 
 
 # -- the model, processor and VAE ----------------------------------------------------------------------------
-def build_random(config: JanusFlowConfig, device: torch.device, seed: int = SEED, std: float = 0.02) -> JanusFlowModel:
-    """The model in fp32 with deterministic random weights, as bench_core builds it (norm weights 1,
-    biases 0, matrices N(0, std^2)), but materialised and initialised on ``device`` directly."""
-    with torch.device("meta"):
-        model = JanusFlowModel(config)
-    model.to_empty(device=device)
-    g = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1 or "norm" in name:
-                p.fill_(1.0) if "weight" in name else p.zero_()
-            else:
-                p.normal_(0, std, generator=g)
-    reset_rope_buffers(model.language_model, device)
-    return model.eval().requires_grad_(False)
+def build_random(config: JanusFlowConfig, device: torch.device, seed: int = SEED) -> JanusFlowModel:
+    """The model in fp32 with bench_core's deterministic random weights, built on ``device`` directly."""
+    return random_full_model(config, device, torch.float32, seed)
 
 
 def fingerprint(model: JanusFlowModel) -> float:
@@ -224,11 +210,7 @@ def cast(model: JanusFlowModel, dtype: torch.dtype) -> JanusFlowModel:
 
 def make_processor(config: JanusFlowConfig, folder: Path) -> JanusFlowProcessor:
     """A small byte-level BPE tokenizer (ids fit any preset's vocabulary) with the image settings of ``config``."""
-    import random
-
-    rng = random.Random(SEED)
-    corpus = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))) for _ in range(400)]
-    tok = train_bpe_tokenizer(corpus, min(400, config.llm.vocab_size), folder)
+    tok = train_bpe_tokenizer(toy_corpus(seed=SEED), min(400, config.llm.vocab_size), folder)
     image_processor = ImageProcessor(ImageProcessorConfig(image_size=config.siglip.image_size))
     return JanusFlowProcessor(tok, image_processor, num_image_tokens=config.num_und_tokens,
                               special_tokens=SpecialTokens.from_tokenizer(tok))

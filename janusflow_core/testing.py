@@ -21,7 +21,8 @@ _WORDS = ("a red blue green yellow purple orange circle square triangle and left
           "four what color is the shape how many objects are there describe image yes no").split()
 
 
-def _corpus(n: int = 400, seed: int = 0) -> list[str]:
+def toy_corpus(n: int = 400, seed: int = 0) -> list[str]:
+    """Short random phrases over a few dozen shape words: enough text to train a small BPE tokenizer."""
     rng = random.Random(seed)
     return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 10))) for _ in range(n)]
 
@@ -32,6 +33,28 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
                          block_out_channels=(8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
                          up_block_types=("UpDecoderBlock2D",) * 3, sample_size=32, scaling_factor=1.0)
+
+
+def random_full_model(config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                      seed: int = 0, std: float = 0.02) -> JanusFlowModel:
+    """A model of any size (e.g. the 1.3B preset) with deterministic random weights for benchmarks, built
+    on ``device`` in ``dtype`` without a CPU copy: norm weights 1, biases 0, matrices N(0, std^2); the
+    RoPE frequencies in float32, as ``load_pretrained`` leaves them."""
+    from .modeling.llm import reset_rope_buffers
+
+    with torch.device("meta"):
+        model = JanusFlowModel(config)
+    model.to_empty(device=device)
+    model.to(dtype)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 or "norm" in name:
+                p.fill_(1.0) if "weight" in name else p.zero_()
+            else:
+                p.normal_(0, std, generator=g)
+    reset_rope_buffers(model.language_model, device)
+    return model.eval().requires_grad_(False)
 
 
 def random_init_(model: JanusFlowModel, seed: int = 0, std: float = 0.05) -> JanusFlowModel:
@@ -52,7 +75,7 @@ def make_tiny_model_dir(out_dir: str | Path, seed: int = 0, max_positions: int =
     """Write a random tiny JanusFlow (with tokenizer, processor settings and VAE) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = train_bpe_tokenizer(_corpus(seed=seed), 300, out)
+    tok = train_bpe_tokenizer(toy_corpus(seed=seed), 300, out)
     special = SpecialTokens.from_tokenizer(tok)
     vocab = ((len(tok) + 63) // 64) * 64
     cfg = tiny(vocab_size=vocab, hidden=64, latent=8, image_size=32)
