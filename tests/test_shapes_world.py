@@ -217,3 +217,19 @@ def test_sampled_question_names_the_form_it_came_from():
         scene = sample_scene(rng)
         form, q, a = sample_question_with_form(rng, scene)
         assert (q, a) in all_questions(scene)[form]
+
+
+def test_label_map_covers_exactly_the_drawn_pixels():
+    """render_labels draws the same pixels as render, each object with its (shape, colour) label."""
+    from janusflow_core.shapes.world import NUM_LABELS, object_label, render_labels
+
+    assert NUM_LABELS == 1 + len(SHAPES) * len(COLORS)
+    assert sorted(object_label(s, c) for s in SHAPES for c in COLORS) == list(range(1, NUM_LABELS))
+    rng = random.Random(3)
+    for _ in range(50):
+        scene = sample_scene(rng)
+        image, labels = np.asarray(render(scene)), render_labels(scene)
+        assert ((image != 255).any(-1) == (labels > 0)).all()
+        for o in scene.objects:
+            assert (image[labels == object_label(o.shape, o.color)] == PALETTE[o.color]).all()
+

@@ -8,6 +8,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -97,6 +98,34 @@ def test_drop_prompts_keeps_bos_only():
     assert not which.any() and torch.equal(kept, mask)
     frac = drop_prompts(torch.ones(20000, 3, dtype=torch.long), 0.1, torch.Generator().manual_seed(1))[1].float().mean()
     assert frac.item() == pytest.approx(0.1, abs=0.01)
+
+
+def test_dense_patch_targets_and_loss_by_hand():
+    """Each patch's target is the fraction of its pixels per label; the loss is soft cross-entropy."""
+    from janusflow_core.training.encoder_pretrain import dense_loss, patch_targets
+
+    labels = np.zeros((1, 4, 4), dtype=np.uint8)  # 2x2 patches of 2x2 pixels
+    labels[0, 0, 0] = 3  # top-left patch: one pixel of label 3
+    labels[0, 2:, 2:] = 5  # bottom-right patch: all label 5
+    t = patch_targets(labels, 2)
+    assert t.shape == (1, 4, 19)
+    assert torch.allclose(t[0, 0, [0, 3]], torch.tensor([0.75, 0.25])) and t[0, 0].sum() == 1
+    assert t[0, 1, 0] == 1 and t[0, 2, 0] == 1 and t[0, 3, 5] == 1
+    logits = torch.zeros(1, 4, 19)
+    assert math.isclose(dense_loss(logits, t)["dense"].item(), math.log(19), rel_tol=1e-6)
+    logits[0, :, 0] = 100.0  # sure of background everywhere: only patch 0's label-3 quarter and patch 3 pay
+    expected = (0.25 * 100 + 100) / 4
+    assert math.isclose(dense_loss(logits, t)["dense"].item(), expected, rel_tol=1e-4)
+
+
+def test_shapes_model_width_sets_heads_and_rejects_odd_widths():
+    from janusflow_core.training.shapes_recipe import model_config
+
+    cfg = model_config(400, 192)
+    assert (cfg.llm.hidden_size, cfg.llm.num_attention_heads, cfg.llm.intermediate_size) == (192, 6, 576)
+    assert cfg.gen_enc.hidden_size == cfg.gen_dec.hidden_size == 192
+    with pytest.raises(ValueError, match="llm_hidden"):
+        model_config(400, 100)
 
 
 def test_ema_update_by_hand():

@@ -15,6 +15,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 CANVAS = 64
@@ -145,19 +146,37 @@ def is_valid(scene: Scene) -> bool:
 # --- rendering ------------------------------------------------------------------------------
 
 
-def render(scene: Scene) -> Image.Image:
-    """Draw the scene on a 64 x 64 white RGB canvas, exactly as the spec says."""
-    image = Image.new("RGB", (CANVAS, CANVAS), BACKGROUND)
-    draw = ImageDraw.Draw(image)
+def _draw(draw: ImageDraw.ImageDraw, scene: Scene, fill_of) -> None:
     for o in scene.objects:
-        fill = PALETTE[o.color]
+        fill = fill_of(o)
         if o.shape == "circle":
             draw.ellipse(o.box, fill=fill)
         elif o.shape == "square":
             draw.rectangle(o.box, fill=fill)
         else:  # triangle, apex up
             draw.polygon([(o.cx, o.cy - o.r), (o.cx - o.r, o.cy + o.r), (o.cx + o.r, o.cy + o.r)], fill=fill)
+
+
+def render(scene: Scene) -> Image.Image:
+    """Draw the scene on a 64 x 64 white RGB canvas, exactly as the spec says."""
+    image = Image.new("RGB", (CANVAS, CANVAS), BACKGROUND)
+    _draw(ImageDraw.Draw(image), scene, lambda o: PALETTE[o.color])
     return image
+
+
+NUM_LABELS = 1 + len(SHAPES) * len(COLORS)  # background + every (shape, colour)
+
+
+def object_label(shape: str, color: str) -> int:
+    """1 + shape index * number of colours + colour index; 0 is the background."""
+    return 1 + SHAPES.index(shape) * len(COLORS) + COLORS.index(color)
+
+
+def render_labels(scene: Scene) -> np.ndarray:
+    """(64, 64) uint8 map of ``object_label`` per pixel, drawn exactly like ``render`` (same pixels)."""
+    image = Image.new("L", (CANVAS, CANVAS), 0)
+    _draw(ImageDraw.Draw(image), scene, lambda o: object_label(o.shape, o.color))
+    return np.asarray(image)
 
 
 # --- sampling -------------------------------------------------------------------------------

@@ -4,6 +4,13 @@ The image embedding is the ViT's attention-pooled output (``attn_pool``); the te
 this pre-training only: a bag of (token, position) embeddings, mean-pooled and projected, which sees
 word order (so "a red circle left of a blue square" differs from its mirror) at almost no cost.
 Captions are ``describe(scene)``: every object with its colour, and the relation of two objects.
+
+With ``dense_weight`` > 0 a second, dense loss is added: a linear head on every patch token predicts
+what the patch holds, as the fraction of its pixels that are background or each (shape, colour) object
+(soft cross-entropy against the scene's label map). A batch of random scenes is told apart mostly by
+colours and counts, so the contrastive loss alone teaches little about shape; the dense loss asks every
+token, from its own pixels and its context, which shape it is part of. Those patch features are what the
+LLM reads for understanding and what REPA aligns generation to.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from tqdm.auto import tqdm
 from ..config import SigLIPConfig
 from ..modeling.siglip import VisionTransformer
 from ..shapes import describe, render, sample_scene
+from ..shapes.world import NUM_LABELS, render_labels
 from .data import to_pixel_values
 
 
@@ -46,8 +54,23 @@ def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, log_t: torch.Tensor,
     return {"siglip": -F.logsigmoid(labels * logits).sum() / len(img)}
 
 
+def patch_targets(label_maps: np.ndarray, patch: int) -> torch.Tensor:
+    """(B, S, S) label maps -> (B, N, NUM_LABELS): per patch (row-major), the fraction of its pixels
+    carrying each label."""
+    b, size, _ = label_maps.shape
+    g = size // patch
+    cells = torch.from_numpy(label_maps.astype(np.int64)).view(b, g, patch, g, patch).permute(0, 1, 3, 2, 4)
+    onehot = F.one_hot(cells.reshape(b, g * g, patch * patch), NUM_LABELS).float()
+    return onehot.mean(2)
+
+
+def dense_loss(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Soft cross-entropy of (B, N, K) patch logits against (B, N, K) label fractions."""
+    return {"dense": -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()}
+
+
 def pretrain_siglip(cfg: SigLIPConfig, tokenizer, steps: int, batch: int = 128, lr: float = 1e-3, seed: int = 0,
-                    progress: bool = True, log: list | None = None) -> VisionTransformer:
+                    progress: bool = True, log: list | None = None, dense_weight: float = 0.0) -> VisionTransformer:
     torch.manual_seed(seed)
     rng = random.Random(f"siglip:{seed}")
     vit = VisionTransformer(cfg)
@@ -55,7 +78,10 @@ def pretrain_siglip(cfg: SigLIPConfig, tokenizer, steps: int, batch: int = 128, 
     nn.init.trunc_normal_(vit.attn_pool.latent, std=0.02)
     text = PositionalBagText(len(tokenizer), cfg.width, cfg.width)
     log_t, bias = nn.Parameter(torch.tensor(np.log(10.0), dtype=torch.float32)), nn.Parameter(torch.tensor(-10.0))
+    head = nn.Linear(cfg.width, NUM_LABELS)  # the dense loss's patch classifier (pre-training only)
     params = list(vit.parameters()) + list(text.parameters()) + [log_t, bias]
+    if dense_weight > 0:
+        params += list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     cache: dict[str, list[int]] = {}
@@ -65,14 +91,20 @@ def pretrain_siglip(cfg: SigLIPConfig, tokenizer, steps: int, batch: int = 128, 
         x = to_pixel_values(np.stack([np.asarray(render(s)) for s in scenes]))
         caps = [describe(s) for s in scenes]
         ids = [cache.setdefault(c, tokenizer.encode(c, add_special_tokens=False)) for c in caps]
-        loss = sigmoid_loss(vit.pooled(vit(x)), text(ids), log_t, bias)["siglip"]
+        tokens = vit(x)
+        terms = sigmoid_loss(vit.pooled(tokens), text(ids), log_t, bias)
+        loss = terms["siglip"]
+        if dense_weight > 0:
+            labels = np.stack([render_labels(s) for s in scenes])
+            terms.update(dense_loss(head(tokens), patch_targets(labels, cfg.patch_size)))
+            loss = loss + dense_weight * terms["dense"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
         if log is not None and (step + 1) % 20 == 0:
             log.append({"stage": "siglip", "step": step + 1, "time_s": round(time.time() - t0, 2),
-                        "siglip": loss.item()})
+                        **{k: v.item() for k, v in terms.items()}})
     return vit

@@ -43,11 +43,15 @@ from .vae_train import train_vae
 IMAGE_SIZE = 64
 
 
-def model_config(vocab_size: int) -> JanusFlowConfig:
-    hidden = 128
+def model_config(vocab_size: int, hidden: int = 128) -> JanusFlowConfig:
+    """The shapes model; ``hidden`` is the LLM width (heads of 32 dimensions, MLP 3x). The generation
+    encoder/decoder project to it; the ViT keeps its own width (the aligner maps between them)."""
+    if hidden % 32:
+        raise ValueError(f"llm_hidden must be a multiple of 32 (heads of 32 dimensions), got {hidden}")
+    heads = hidden // 32
     return JanusFlowConfig(
         llm=LLMConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256),
+                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=256),
         siglip=SigLIPConfig(model_name="siglip_shapes_patch8_64", image_size=IMAGE_SIZE, patch_size=8, width=128,
                             layers=4, heads=4),
         gen_enc=GenEncoderConfig(input_channels=4, kernel_size=2, stride=2, block_out_channels=(64,),
@@ -62,11 +66,14 @@ def model_config(vocab_size: int) -> JanusFlowConfig:
 class Recipe:
     seed: int = 0
     vocab_size: int = 400
+    llm_hidden: int = 128
     vae_steps: int = 500
     vae_batch: int = 32
     vae_channels: tuple[int, ...] = (32, 64, 64)
     siglip_steps: int = 680  # about the VAE's time: rank 1 pre-trains the ViT while rank 0 trains the VAE
     siglip_batch: int = 64
+    # weight of the dense patch-label loss beside SigLIP's (encoder_pretrain.py): it teaches the ViT shapes
+    siglip_dense_weight: float = 1.0
     und_pool: int = 8000
     gen_pool: int = 12000
     cfg_weight: float = 3.0
@@ -138,7 +145,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
         train_bpe_tokenizer(corpus(recipe.seed), recipe.vocab_size, tok_dir)
     acc.wait_for_everyone()
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    cfg = model_config(len(tokenizer))
+    cfg = model_config(len(tokenizer), recipe.llm_hidden)
     processor = build_processor(tokenizer, cfg.num_und_tokens, recipe.system_prompt)
     times["tokenizer"] = time.time() - t0
 
@@ -153,7 +160,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
         vae_model.save_pretrained(vae_dir)
     if acc.process_index == vit_rank and not vit_path.exists():
         vit = pretrain_siglip(cfg.siglip, tokenizer, recipe.siglip_steps, batch=recipe.siglip_batch, seed=recipe.seed,
-                              progress=progress and main_proc, log=log)
+                              progress=progress and main_proc, log=log, dense_weight=recipe.siglip_dense_weight)
         torch.save(vit.state_dict(), vit_path)
     if log:
         with (work / "pretrain_log.jsonl").open("a") as f:
@@ -224,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps")
     ap.add_argument("--stages", type=int, default=None, help="run only the first N stage runs")
     ap.add_argument("--no-repa", action="store_true", help="ablation: REPA weight 0")
+    ap.add_argument("--llm-hidden", type=int, default=None, help="LLM width (multiple of 32; default 128)")
     ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (1 avoids OpenMP oversubscription on a shared 2-core CPU; "
@@ -238,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     recipe = recipe.scaled(args.scale)
     if args.no_repa:
         recipe = recipe.with_stage_fields(repa_weight=0.0)
+    if args.llm_hidden is not None:
+        recipe = replace(recipe, llm_hidden=args.llm_hidden)
     if args.cfg is not None:
         recipe = replace(recipe, cfg_weight=args.cfg)
     out = Path(args.out)
