@@ -78,9 +78,9 @@ def pretrain_siglip(cfg: SigLIPConfig, tokenizer, steps: int, batch: int = 128, 
     nn.init.trunc_normal_(vit.attn_pool.latent, std=0.02)
     text = PositionalBagText(len(tokenizer), cfg.width, cfg.width)
     log_t, bias = nn.Parameter(torch.tensor(np.log(10.0), dtype=torch.float32)), nn.Parameter(torch.tensor(-10.0))
-    head = nn.Linear(cfg.width, NUM_LABELS)  # the dense loss's patch classifier (pre-training only)
     params = list(vit.parameters()) + list(text.parameters()) + [log_t, bias]
     if dense_weight > 0:
+        head = nn.Linear(cfg.width, NUM_LABELS)  # the dense loss's patch classifier (pre-training only)
         params += list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)

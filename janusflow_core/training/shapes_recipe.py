@@ -4,8 +4,8 @@
 
 1. a byte-level BPE tokenizer on the world's texts (official special tokens);
 2. a small ``AutoencoderKL`` (64 px -> 16x16x4 latents) with its scaling factor, and
-3. the understanding ViT, pre-trained with SigLIP's sigmoid image-text loss (2 and 3 run side by side
-   when there are two or more processes);
+3. the understanding ViT, pre-trained with SigLIP's sigmoid image-text loss plus a dense patch-label
+   loss (2 and 3 run side by side when there are two or more processes);
 4. JanusFlow's three stages (paper §3.4) on mixed understanding / generation / text-only batches;
 5. the EMA weights exported in the official layout with processor, VAE and ``sampling.json``.
 Intermediate results live in ``--work`` (with EMA snapshots for score-vs-time plots, see
