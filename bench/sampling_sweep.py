@@ -21,7 +21,6 @@ import torch
 
 from janusflow_core import GenerationPipeline, load_pretrained
 from janusflow_core.evaluation.benchmarks import run_geneval
-from janusflow_core.sampling import cfg as guided
 
 KEYS = {"cfg": float, "steps": int, "sampler": str, "from": float, "to": float}
 
@@ -36,18 +35,15 @@ def parse_setting(text: str) -> dict:
     return setting
 
 
-def interval_velocity(pipe: GenerationPipeline, lo: float, hi: float):
-    """A ``guided_velocity`` replacement that guides only while lo <= t < hi."""
+def interval_velocity(default):
+    """Wrap the pipeline's ``guided_velocity`` so that guidance applies only while lo <= t < hi."""
 
-    def make(prompt, cfg_weight):
-        @torch.inference_mode()
-        def velocity(z: torch.Tensor, t: float) -> torch.Tensor:
-            b = z.shape[0]
-            t_rows = torch.full((2 * b,), t, device=z.device, dtype=torch.float32)
-            v = pipe.model.velocity(torch.cat([z, z]), t_rows, prompt).float()
-            return guided(v[:b], v[b:], cfg_weight if lo <= t < hi else 1.0)
+    def make(lo: float, hi: float):
+        def build(prompt, cfg_weight):
+            guided, plain = default(prompt, cfg_weight), default(prompt, 1.0)  # w = 1: the conditional velocity
+            return lambda z, t: guided(z, t) if lo <= t < hi else plain(z, t)
 
-        return velocity
+        return build
 
     return make
 
@@ -65,14 +61,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = GenerationPipeline(load_pretrained(args.model, device="cpu", dtype="float32"))
     default_velocity = pipe.guided_velocity
+    with_interval = interval_velocity(default_velocity)
     for s in settings:
         interval = "from" in s or "to" in s
-        pipe.guided_velocity = interval_velocity(pipe, s.get("from", 0.0), s.get("to", 1.0)) if interval \
-            else default_velocity
-        # an interval needs the unconditional rows even at w = 1 outside it; 1 + 1e-4 keeps them
+        pipe.guided_velocity = with_interval(s.get("from", 0.0), s.get("to", 1.0)) if interval else default_velocity
         w = s.get("cfg")
-        if interval and w == 1.0:
-            w = 1.0001
 
         def generate(prompt: str, seed: int, n: int, w=w, s=s) -> list:
             return list(pipe(prompt, steps=s.get("steps"), cfg=w, seed=seed, num_images=n,
