@@ -128,6 +128,22 @@ def test_shapes_model_width_sets_heads_and_rejects_odd_widths():
         model_config(400, 100)
 
 
+def test_recipe_cli_sets_repa_weight_in_every_stage_and_rejects_contradictions(capsys):
+    from janusflow_core.training.shapes_recipe import parse_args
+
+    _, default = parse_args([])
+    assert {s.repa_weight for s in default.stages} == {0.5}
+    _, heavy = parse_args(["--repa-weight", "1.0"])
+    assert {s.repa_weight for s in heavy.stages} == {1.0}
+    _, off = parse_args(["--no-repa"])
+    assert {s.repa_weight for s in off.stages} == {0.0}
+    for bad, said in ((["--no-repa", "--repa-weight", "1"], "contradicts --repa-weight 1.0"),
+                      (["--repa-weight", "-0.5"], "--repa-weight must be >= 0")):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+        assert said in capsys.readouterr().err
+
+
 def test_ema_update_by_hand():
     m = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():

@@ -76,6 +76,8 @@ class TrainConfig:
             p.append(f"cfg_drop must be in [0, 1), got {self.cfg_drop}")
         if self.t_std <= 0:
             p.append(f"t_std must be > 0, got {self.t_std}")
+        if self.repa_weight < 0:
+            p.append(f"repa_weight must be >= 0 (0 turns REPA off), got {self.repa_weight}")
         if self.grad_clip < 0:
             p.append(f"grad_clip must be >= 0, got {self.grad_clip}")
         if self.snapshot_every < 0:

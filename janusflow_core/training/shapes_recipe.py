@@ -224,13 +224,16 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recipe]:
+    """The command line and the recipe it selects (no compute: bad flags fail here, naming the flag)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="assets/janusflow-shapes")
     ap.add_argument("--work", default=None, help="intermediate results (default: runs/<name of --out>)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps")
     ap.add_argument("--stages", type=int, default=None, help="run only the first N stage runs")
     ap.add_argument("--no-repa", action="store_true", help="ablation: REPA weight 0")
+    ap.add_argument("--repa-weight", type=float, default=None,
+                    help="REPA loss weight in every stage (default: the recipe's 0.5)")
     ap.add_argument("--llm-hidden", type=int, default=None, help="LLM width (multiple of 32; default 128)")
     ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
     ap.add_argument("--threads", type=int, default=1,
@@ -238,18 +241,27 @@ def main(argv: list[str] | None = None) -> dict:
                          "use two processes instead: accelerate launch --multi_gpu --num_processes 2 ...)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.no_repa and args.repa_weight not in (None, 0.0):
+        ap.error(f"--no-repa sets the REPA weight to 0; it contradicts --repa-weight {args.repa_weight}")
+    if args.repa_weight is not None and args.repa_weight < 0:
+        ap.error(f"--repa-weight must be >= 0 (0 turns REPA off), got {args.repa_weight}")
     recipe = Recipe()
     if args.stages is not None:
         recipe = replace(recipe, stages=recipe.stages[:args.stages])
     recipe = recipe.scaled(args.scale)
-    if args.no_repa:
-        recipe = recipe.with_stage_fields(repa_weight=0.0)
+    if args.no_repa or args.repa_weight is not None:
+        recipe = recipe.with_stage_fields(repa_weight=0.0 if args.no_repa else args.repa_weight)
     if args.llm_hidden is not None:
         recipe = replace(recipe, llm_hidden=args.llm_hidden)
     if args.cfg is not None:
         recipe = replace(recipe, cfg_weight=args.cfg)
+    return args, recipe
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, recipe = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     work = Path(args.work) if args.work else Path("runs") / out.name
     summary = run(recipe, out, work, progress=not args.quiet)
