@@ -138,10 +138,20 @@ def test_recipe_cli_sets_repa_weight_in_every_stage_and_rejects_contradictions(c
     _, off = parse_args(["--no-repa"])
     assert {s.repa_weight for s in off.stages} == {0.0}
     for bad, said in ((["--no-repa", "--repa-weight", "1"], "contradicts --repa-weight 1.0"),
-                      (["--repa-weight", "-0.5"], "--repa-weight must be >= 0")):
+                      (["--repa-weight", "-0.5"], "repa_weight must be >= 0"),
+                      (["--llm-hidden", "100"], "llm_hidden")):
         with pytest.raises(SystemExit):
             parse_args(bad)
         assert said in capsys.readouterr().err
+
+
+def test_recipe_run_rejects_a_bad_stage_before_any_compute(tmp_path):
+    from janusflow_core.training.shapes_recipe import Recipe, run
+
+    recipe = Recipe().with_stage_fields(repa_layer=9)  # the shapes LLM has 4 layers
+    with pytest.raises(ValueError, match="repa_layer must be in 1..4"):
+        run(recipe, tmp_path / "out", tmp_path / "work", progress=False)
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
 
 
 def test_ema_update_by_hand():

@@ -105,6 +105,13 @@ class Recipe:
     def with_stage_fields(self, **kw) -> Recipe:
         return replace(self, stages=tuple(replace(s, **kw) for s in self.stages))
 
+    def validate(self) -> None:
+        """Raise ValueError naming the field when the model or a stage does not fit; costs no compute,
+        so ``run`` calls it before the tokenizer, the VAE and the ViT are trained."""
+        cfg = model_config(self.vocab_size, self.llm_hidden)
+        for stage in self.stages:
+            stage.validate(cfg)
+
 
 def corpus(seed: int, n_scenes: int = 3000) -> list[str]:
     """The texts the tokenizer learns from: every prompt, descriptions, questions and answers and the
@@ -129,6 +136,7 @@ def build_processor(tokenizer, num_image_tokens: int, system_prompt: str = "") -
 def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     from transformers import AutoTokenizer
 
+    recipe.validate()  # before any compute and before the work folder exists
     work.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t_all = time.time()
@@ -243,8 +251,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
     args = ap.parse_args(argv)
     if args.no_repa and args.repa_weight not in (None, 0.0):
         ap.error(f"--no-repa sets the REPA weight to 0; it contradicts --repa-weight {args.repa_weight}")
-    if args.repa_weight is not None and args.repa_weight < 0:
-        ap.error(f"--repa-weight must be >= 0 (0 turns REPA off), got {args.repa_weight}")
     recipe = Recipe()
     if args.stages is not None:
         recipe = replace(recipe, stages=recipe.stages[:args.stages])
@@ -255,6 +261,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
         recipe = replace(recipe, llm_hidden=args.llm_hidden)
     if args.cfg is not None:
         recipe = replace(recipe, cfg_weight=args.cfg)
+    try:
+        recipe.validate()
+    except ValueError as e:
+        ap.error(str(e))
     return args, recipe
 
 
