@@ -13,12 +13,16 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
+from pathlib import Path
 
 import torch
 
-from janusflow_core import GenerationPipeline, load_pretrained
-from janusflow_core.evaluation.scoring import detect
-from janusflow_core.shapes.world import SHAPES
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from janusflow_core import GenerationPipeline, load_pretrained  # noqa: E402
+from janusflow_core.evaluation.scoring import detect  # noqa: E402
+from janusflow_core.shapes.world import SHAPES  # noqa: E402
 
 
 def outcome(image) -> str:
@@ -28,6 +32,18 @@ def outcome(image) -> str:
     if not all(d.well_formed for d in found):
         return "malformed"
     return found[0].shape if len(found) == 1 else f"{len(found)} objects"
+
+
+def confusion(pipe: GenerationPipeline, cfg: float, images: int) -> dict[str, dict[str, int]]:
+    """``{"a circle": {outcome: count}, ...}`` over ``images`` samples per prompt (seeds 1000 on, 16 a batch)."""
+    table = {}
+    for shape in SHAPES:
+        counts: collections.Counter = collections.Counter()
+        for start in range(1000, 1000 + images, 16):
+            n = min(16, 1000 + images - start)
+            counts.update(outcome(im) for im in pipe(f"a {shape}", cfg=cfg, seed=start, num_images=n).images)
+        table[f"a {shape}"] = dict(counts.most_common())
+    return table
 
 
 def main() -> None:
@@ -40,12 +56,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = GenerationPipeline(load_pretrained(args.model, device="cpu", dtype="float32"))
     for w in args.cfg:
-        for shape in SHAPES:
-            counts: collections.Counter = collections.Counter()
-            for start in range(1000, 1000 + args.images, 16):
-                n = min(16, 1000 + args.images - start)
-                counts.update(outcome(im) for im in pipe(f"a {shape}", cfg=w, seed=start, num_images=n).images)
-            print(json.dumps({"cfg": w, "prompt": f"a {shape}", "outcomes": dict(counts.most_common())}), flush=True)
+        for prompt, outcomes in confusion(pipe, w, args.images).items():
+            print(json.dumps({"cfg": w, "prompt": prompt, "outcomes": outcomes}), flush=True)
 
 
 if __name__ == "__main__":
