@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.shape_confusion import confusion  # noqa: E402
-from janusflow_core import ChatPipeline, GenerationPipeline, load_pretrained  # noqa: E402
+from janusflow_core import GenerationPipeline, load_pretrained  # noqa: E402
 from janusflow_core.evaluation import benchmarks  # noqa: E402
 
 
@@ -56,16 +56,8 @@ def parse_set(items: list[str]) -> dict:
 
 def score(model: str | None, seeds: list[int], per_task: int, n: int, confusion_images: int,
           confusion_cfg: float) -> dict:
-    bundle = load_pretrained(model, device="cpu", dtype="float32")
-    pipe = GenerationPipeline(bundle)
-    chat = ChatPipeline(bundle)
-
-    def generate(prompt, seed, num_images):
-        return list(pipe(prompt, seed=seed, num_images=num_images).images)
-
-    def answer(question, image):
-        return chat.answer(question, images=[image], max_new_tokens=16)
-
+    generate = benchmarks.make_generator(model, device="cpu", dtype="float32")
+    answer = benchmarks.make_answerer(model, device="cpu", dtype="float32")
     row: dict = {}
     yes_rate = []
     for s in seeds:
@@ -76,6 +68,7 @@ def score(model: str | None, seeds: list[int], per_task: int, n: int, confusion_
         yes_rate.append(v["yes_rate"])
     row["yes_rate"] = yes_rate
     if confusion_images:
+        pipe = GenerationPipeline(load_pretrained(model, device="cpu", dtype="float32"))
         row[f"shape_confusion_cfg{confusion_cfg:g}"] = confusion(pipe, confusion_cfg, confusion_images)
     return row
 
