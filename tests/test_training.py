@@ -128,6 +128,20 @@ def test_shapes_model_width_sets_heads_and_rejects_odd_widths():
         model_config(400, 100)
 
 
+def test_recipe_cli_sets_llm_depth_and_rejects_a_depth_below_the_repa_layer(capsys):
+    from janusflow_core.training.shapes_recipe import model_config, parse_args
+
+    _, default = parse_args([])
+    assert default.llm_layers == 4 and model_config(400).llm.num_hidden_layers == 4
+    _, deep = parse_args(["--llm-layers", "6"])
+    assert model_config(400, deep.llm_hidden, deep.llm_layers).llm.num_hidden_layers == 6
+    with pytest.raises(SystemExit):
+        parse_args(["--llm-layers", "1"])  # REPA reads layer 2
+    assert "repa_layer must be in 1..1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="llm_layers"):
+        model_config(400, 128, 0)
+
+
 def test_recipe_cli_sets_repa_weight_in_every_stage_and_rejects_contradictions(capsys):
     from janusflow_core.training.shapes_recipe import parse_args
 

@@ -43,14 +43,17 @@ from .vae_train import train_vae
 IMAGE_SIZE = 64
 
 
-def model_config(vocab_size: int, hidden: int = 128) -> JanusFlowConfig:
-    """The shapes model; ``hidden`` is the LLM width (heads of 32 dimensions, MLP 3x). The generation
-    encoder/decoder project to it; the ViT keeps its own width (the aligner maps between them)."""
+def model_config(vocab_size: int, hidden: int = 128, layers: int = 4) -> JanusFlowConfig:
+    """The shapes model; ``hidden`` is the LLM width (heads of 32 dimensions, MLP 3x) and ``layers`` its
+    depth. The generation encoder/decoder project to it; the ViT keeps its own width (the aligner maps
+    between them)."""
     if hidden % 32:
         raise ValueError(f"llm_hidden must be a multiple of 32 (heads of 32 dimensions), got {hidden}")
+    if layers < 1:
+        raise ValueError(f"llm_layers must be at least 1, got {layers}")
     heads = hidden // 32
     return JanusFlowConfig(
-        llm=LLMConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=4,
+        llm=LLMConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=256),
         siglip=SigLIPConfig(model_name="siglip_shapes_patch8_64", image_size=IMAGE_SIZE, patch_size=8, width=128,
                             layers=4, heads=4),
@@ -67,6 +70,7 @@ class Recipe:
     seed: int = 0
     vocab_size: int = 400
     llm_hidden: int = 128
+    llm_layers: int = 4
     vae_steps: int = 500
     vae_batch: int = 32
     vae_channels: tuple[int, ...] = (32, 64, 64)
@@ -108,7 +112,7 @@ class Recipe:
     def validate(self) -> None:
         """Raise ValueError naming the field when the model or a stage does not fit; costs no compute,
         so ``run`` calls it before the tokenizer, the VAE and the ViT are trained."""
-        cfg = model_config(self.vocab_size, self.llm_hidden)
+        cfg = model_config(self.vocab_size, self.llm_hidden, self.llm_layers)
         for stage in self.stages:
             stage.validate(cfg)
 
@@ -153,7 +157,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
         train_bpe_tokenizer(corpus(recipe.seed), recipe.vocab_size, tok_dir)
     acc.wait_for_everyone()
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    cfg = model_config(len(tokenizer), recipe.llm_hidden)
+    cfg = model_config(len(tokenizer), recipe.llm_hidden, recipe.llm_layers)
     processor = build_processor(tokenizer, cfg.num_und_tokens, recipe.system_prompt)
     times["tokenizer"] = time.time() - t0
 
@@ -243,6 +247,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
     ap.add_argument("--repa-weight", type=float, default=None,
                     help="REPA loss weight in every stage (default: the recipe's 0.5)")
     ap.add_argument("--llm-hidden", type=int, default=None, help="LLM width (multiple of 32; default 128)")
+    ap.add_argument("--llm-layers", type=int, default=None,
+                    help="LLM depth (default 4; REPA stays on the output of layer 2)")
     ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (1 avoids OpenMP oversubscription on a shared 2-core CPU; "
@@ -259,6 +265,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
         recipe = recipe.with_stage_fields(repa_weight=0.0 if args.no_repa else args.repa_weight)
     if args.llm_hidden is not None:
         recipe = replace(recipe, llm_hidden=args.llm_hidden)
+    if args.llm_layers is not None:
+        recipe = replace(recipe, llm_layers=args.llm_layers)
     if args.cfg is not None:
         recipe = replace(recipe, cfg_weight=args.cfg)
     try:
