@@ -134,7 +134,7 @@ def test_recipe_cli_sets_llm_depth_and_rejects_a_depth_below_the_repa_layer(caps
     _, default = parse_args([])
     assert default.llm_layers == 4 and model_config(400).llm.num_hidden_layers == 4
     _, deep = parse_args(["--llm-layers", "6"])
-    assert model_config(400, deep.llm_hidden, deep.llm_layers).llm.num_hidden_layers == 6
+    assert deep.model_config().llm.num_hidden_layers == 6
     with pytest.raises(SystemExit):
         parse_args(["--llm-layers", "1"])  # REPA reads layer 2
     assert "repa_layer must be in 1..1" in capsys.readouterr().err

@@ -109,10 +109,14 @@ class Recipe:
     def with_stage_fields(self, **kw) -> Recipe:
         return replace(self, stages=tuple(replace(s, **kw) for s in self.stages))
 
+    def model_config(self, vocab_size: int | None = None) -> JanusFlowConfig:
+        """The model this recipe trains (``vocab_size``: the trained tokenizer's, else the recipe's)."""
+        return model_config(self.vocab_size if vocab_size is None else vocab_size, self.llm_hidden, self.llm_layers)
+
     def validate(self) -> None:
         """Raise ValueError naming the field when the model or a stage does not fit; costs no compute,
         so ``run`` calls it before the tokenizer, the VAE and the ViT are trained."""
-        cfg = model_config(self.vocab_size, self.llm_hidden, self.llm_layers)
+        cfg = self.model_config()
         for stage in self.stages:
             stage.validate(cfg)
 
@@ -157,7 +161,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
         train_bpe_tokenizer(corpus(recipe.seed), recipe.vocab_size, tok_dir)
     acc.wait_for_everyone()
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    cfg = model_config(len(tokenizer), recipe.llm_hidden, recipe.llm_layers)
+    cfg = recipe.model_config(len(tokenizer))
     processor = build_processor(tokenizer, cfg.num_und_tokens, recipe.system_prompt)
     times["tokenizer"] = time.time() - t0
 
