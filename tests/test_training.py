@@ -142,6 +142,18 @@ def test_recipe_cli_sets_llm_depth_and_rejects_a_depth_below_the_repa_layer(caps
         model_config(400, 128, 0)
 
 
+def test_recipe_cli_sets_vit_pretraining_steps_and_rejects_a_count_below_one(capsys):
+    from janusflow_core.training.shapes_recipe import Recipe, parse_args
+
+    _, default = parse_args([])
+    assert default.siglip_steps == Recipe().siglip_steps
+    _, longer = parse_args(["--siglip-steps", "1000"])
+    assert longer.siglip_steps == 1000 and longer.stages == default.stages
+    with pytest.raises(SystemExit):
+        parse_args(["--siglip-steps", "0"])
+    assert "siglip_steps must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_recipe_cli_sets_repa_weight_in_every_stage_and_rejects_contradictions(capsys):
     from janusflow_core.training.shapes_recipe import parse_args
 

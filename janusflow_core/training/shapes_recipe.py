@@ -117,6 +117,9 @@ class Recipe:
         """Raise ValueError naming the field when the model or a stage does not fit; costs no compute,
         so ``run`` calls it before the tokenizer, the VAE and the ViT are trained."""
         cfg = self.model_config()
+        for name in ("vae_steps", "siglip_steps", "vae_batch", "siglip_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for stage in self.stages:
             stage.validate(cfg)
 
@@ -253,6 +256,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
     ap.add_argument("--llm-hidden", type=int, default=None, help="LLM width (multiple of 32; default 128)")
     ap.add_argument("--llm-layers", type=int, default=None,
                     help="LLM depth (default 4; REPA stays on the output of layer 2)")
+    ap.add_argument("--siglip-steps", type=int, default=None,
+                    help="ViT pre-training steps (default 680, about the VAE's time on a second process)")
     ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (1 avoids OpenMP oversubscription on a shared 2-core CPU; "
@@ -271,6 +276,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
         recipe = replace(recipe, llm_hidden=args.llm_hidden)
     if args.llm_layers is not None:
         recipe = replace(recipe, llm_layers=args.llm_layers)
+    if args.siglip_steps is not None:
+        recipe = replace(recipe, siglip_steps=args.siglip_steps)
     if args.cfg is not None:
         recipe = replace(recipe, cfg_weight=args.cfg)
     try:
