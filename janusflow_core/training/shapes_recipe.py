@@ -253,11 +253,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
     ap.add_argument("--no-repa", action="store_true", help="ablation: REPA weight 0")
     ap.add_argument("--repa-weight", type=float, default=None,
                     help="REPA loss weight in every stage (default: the recipe's 0.5)")
-    ap.add_argument("--llm-hidden", type=int, default=None, help="LLM width (multiple of 32; default 128)")
+    ap.add_argument("--llm-hidden", type=int, default=None,
+                    help=f"LLM width (multiple of 32; default {Recipe.llm_hidden})")
     ap.add_argument("--llm-layers", type=int, default=None,
-                    help="LLM depth (default 4; REPA stays on the output of layer 2)")
+                    help=f"LLM depth (default {Recipe.llm_layers}; REPA stays on the output of layer 2)")
     ap.add_argument("--siglip-steps", type=int, default=None,
-                    help="ViT pre-training steps (default 680, about the VAE's time on a second process)")
+                    help=f"ViT pre-training steps (default {Recipe.siglip_steps}: about the VAE's time, "
+                         "side by side on a second process)")
     ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (1 avoids OpenMP oversubscription on a shared 2-core CPU; "
