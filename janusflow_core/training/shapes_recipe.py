@@ -252,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
     ap.add_argument("--stages", type=int, default=None, help="run only the first N stage runs")
     ap.add_argument("--no-repa", action="store_true", help="ablation: REPA weight 0")
     ap.add_argument("--repa-weight", type=float, default=None,
-                    help="REPA loss weight in every stage (default: the recipe's 0.5)")
+                    help=f"REPA loss weight in every stage (default: the recipe's {Recipe().stages[0].repa_weight})")
     ap.add_argument("--llm-hidden", type=int, default=None,
                     help=f"LLM width (multiple of 32; default {Recipe.llm_hidden})")
     ap.add_argument("--llm-layers", type=int, default=None,
