@@ -154,6 +154,22 @@ def test_recipe_cli_sets_vit_pretraining_steps_and_rejects_a_count_below_one(cap
     assert "siglip_steps must be at least 1, got 0" in capsys.readouterr().err
 
 
+def test_recipe_cli_sets_one_stage_time_budget_and_rejects_unknown_stages(capsys):
+    from janusflow_core.training.shapes_recipe import parse_args
+
+    _, default = parse_args([])
+    _, moved = parse_args(["--stage-minutes", "2=70", "--stage-minutes", "3=20"])
+    assert [s.time_limit_s for s in moved.stages] == [default.stages[0].time_limit_s, 4200.0, 1200.0]
+    assert [replace(s, time_limit_s=0) for s in moved.stages] == [replace(s, time_limit_s=0) for s in default.stages]
+    for bad, said in ((["--stage-minutes", "4=10"], "no stage 4 (it has 1, 2, 3)"),
+                      (["--stage-minutes", "2=0"], "stage 2 must be > 0 minutes, got 0.0"),
+                      (["--stage-minutes", "2:70"], "STAGE=MINUTES (e.g. 2=70), got '2:70'"),
+                      (["--stage-minutes", "two=70"], "got 'two=70'")):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+        assert said in capsys.readouterr().err
+
+
 def test_recipe_cli_sets_repa_weight_in_every_stage_and_rejects_contradictions(capsys):
     from janusflow_core.training.shapes_recipe import parse_args
 

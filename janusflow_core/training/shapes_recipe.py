@@ -109,6 +109,17 @@ class Recipe:
     def with_stage_fields(self, **kw) -> Recipe:
         return replace(self, stages=tuple(replace(s, **kw) for s in self.stages))
 
+    def with_stage_minutes(self, stage: int, minutes: float) -> Recipe:
+        """Stage ``stage``'s time budget set to ``minutes`` (its learning-rate schedule follows it);
+        ValueError when the recipe has no such stage or the budget is not positive."""
+        if stage not in [s.stage for s in self.stages]:
+            raise ValueError(f"stage_minutes: the recipe has no stage {stage} (it has "
+                             f"{', '.join(str(s.stage) for s in self.stages) or 'none'})")
+        if not minutes > 0:
+            raise ValueError(f"stage_minutes: the budget of stage {stage} must be > 0 minutes, got {minutes}")
+        return replace(self, stages=tuple(replace(s, time_limit_s=60.0 * minutes) if s.stage == stage else s
+                                          for s in self.stages))
+
     def model_config(self, vocab_size: int | None = None) -> JanusFlowConfig:
         """The model this recipe trains (``vocab_size``: the trained tokenizer's, else the recipe's)."""
         return model_config(self.vocab_size if vocab_size is None else vocab_size, self.llm_hidden, self.llm_layers)
@@ -260,6 +271,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
     ap.add_argument("--siglip-steps", type=int, default=None,
                     help=f"ViT pre-training steps (default {Recipe.siglip_steps}: about the VAE's time, "
                          "side by side on a second process)")
+    ap.add_argument("--stage-minutes", action="append", default=[], metavar="STAGE=MIN",
+                    help="time budget of one stage in minutes, e.g. --stage-minutes 2=70 --stage-minutes 3=20 "
+                         "(default: " + ", ".join(f"{s.stage}={s.time_limit_s / 60:g}" for s in Recipe().stages
+                                                  if s.time_limit_s) + "; stage 1 runs a fixed number of steps)")
     ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (1 avoids OpenMP oversubscription on a shared 2-core CPU; "
@@ -283,6 +298,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
     if args.cfg is not None:
         recipe = replace(recipe, cfg_weight=args.cfg)
     try:
+        for item in args.stage_minutes:
+            stage, sep, minutes = item.partition("=")
+            try:
+                stage_n, minutes_f = int(stage), float(minutes)
+            except ValueError:
+                raise ValueError(f"--stage-minutes takes STAGE=MINUTES (e.g. 2=70), got {item!r}") from None
+            if not sep:
+                raise ValueError(f"--stage-minutes takes STAGE=MINUTES (e.g. 2=70), got {item!r}")
+            recipe = recipe.with_stage_minutes(stage_n, minutes_f)
         recipe.validate()
     except ValueError as e:
         ap.error(str(e))
