@@ -299,13 +299,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
         recipe = replace(recipe, cfg_weight=args.cfg)
     try:
         for item in args.stage_minutes:
-            stage, sep, minutes = item.partition("=")
+            stage, _, minutes = item.partition("=")  # without "=", minutes is "" and float() fails below
             try:
                 stage_n, minutes_f = int(stage), float(minutes)
             except ValueError:
                 raise ValueError(f"--stage-minutes takes STAGE=MINUTES (e.g. 2=70), got {item!r}") from None
-            if not sep:
-                raise ValueError(f"--stage-minutes takes STAGE=MINUTES (e.g. 2=70), got {item!r}")
             recipe = recipe.with_stage_minutes(stage_n, minutes_f)
         recipe.validate()
     except ValueError as e:
