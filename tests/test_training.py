@@ -170,6 +170,18 @@ def test_recipe_cli_sets_one_stage_time_budget_and_rejects_unknown_stages(capsys
         assert said in capsys.readouterr().err
 
 
+def test_recipe_cli_seed_reaches_every_stage_and_changes_the_data():
+    from janusflow_core.training.data import build_understanding_pool
+    from janusflow_core.training.shapes_recipe import parse_args
+
+    _, default = parse_args([])
+    assert default.seed == 0 and {s.seed for s in default.stages} == {0}
+    _, other = parse_args(["--seed", "1"])
+    assert other.seed == 1 and {s.seed for s in other.stages} == {1}  # model init, REPA head and batches
+    assert [replace(s, seed=0) for s in other.stages] == list(default.stages)
+    assert build_understanding_pool(4, other.seed).scenes != build_understanding_pool(4, default.seed).scenes
+
+
 def test_recipe_cli_sets_repa_weight_in_every_stage_and_rejects_contradictions(capsys):
     from janusflow_core.training.shapes_recipe import parse_args
 

@@ -275,6 +275,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
                     help="time budget of one stage in minutes, e.g. --stage-minutes 2=70 --stage-minutes 3=20 "
                          "(default: " + ", ".join(f"{s.stage}={s.time_limit_s / 60:g}" for s in Recipe().stages
                                                   if s.time_limit_s) + "; stage 1 runs a fixed number of steps)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help=f"seed of everything the run samples: tokenizer corpus, VAE, ViT, data pools, model "
+                         f"init and batches (default {Recipe.seed}). Tokenizer, VAE and ViT already in --work "
+                         "are reused, so copying them there reruns only the stages under the new seed")
     ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (1 avoids OpenMP oversubscription on a shared 2-core CPU; "
@@ -297,6 +301,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
         recipe = replace(recipe, siglip_steps=args.siglip_steps)
     if args.cfg is not None:
         recipe = replace(recipe, cfg_weight=args.cfg)
+    if args.seed is not None:
+        recipe = replace(recipe, seed=args.seed).with_stage_fields(seed=args.seed)
     try:
         for item in args.stage_minutes:
             stage, _, minutes = item.partition("=")  # without "=", minutes is "" and float() fails below
