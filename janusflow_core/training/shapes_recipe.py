@@ -276,7 +276,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
                          "(default: " + ", ".join(f"{s.stage}={s.time_limit_s / 60:g}" for s in Recipe().stages
                                                   if s.time_limit_s) + "; stage 1 runs a fixed number of steps)")
     ap.add_argument("--seed", type=int, default=None,
-                    help=f"seed of everything the run samples: tokenizer corpus, VAE, ViT, data pools, model "
+                    help="seed of everything the run samples: tokenizer corpus, VAE, ViT, data pools, model "
                          f"init and batches (default {Recipe.seed}). Tokenizer, VAE and ViT already in --work "
                          "are reused, so copying them there reruns only the stages under the new seed")
     ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
