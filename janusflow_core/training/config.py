@@ -40,7 +40,7 @@ class TrainConfig:
     snapshot_every: int = 0
     log_every: int = 10
     seed: int = 0
-    mixed_precision: str = "no"  # "no" | "bf16" (accelerate's autocast); on GPUs. At the shapes model's size
+    mixed_precision: str = "no"  # "no" | "bf16" (accelerate's autocast) is for GPUs: at the shapes model's size
     # even an AMX CPU runs bf16 autocast 1.25x slower than fp32 (bench/train_step_time.py)
     # > 0: stop (and checkpoint) after this many seconds of this run; the lr schedule then advances by
     # elapsed time or steps, whichever is further, so the cosine decay completes within the budget
