@@ -88,9 +88,11 @@ def main() -> None:
         raise SystemExit(f"--model {args.model}: no vae/config.json there (a shapes model folder is needed)")
     precisions = args.precision or ["no", "bf16"]
     if len(precisions) > 1:  # accelerate fixes the precision once per process: one child process per setting
-        rest = [a for i, a in enumerate(sys.argv[1:]) if a != "--precision" and sys.argv[i] != "--precision"]
+        common = ["--stage", str(args.stage), "--processes", str(args.processes), "--threads", str(args.threads),
+                  "--warmup", str(args.warmup), "--steps", str(args.steps), "--model", str(args.model)]
+        common += ["--out", str(args.out)] if args.out else []
         for precision in precisions:
-            subprocess.run([sys.executable, __file__, *rest, "--precision", precision], check=True)
+            subprocess.run([sys.executable, __file__, *common, "--precision", precision], check=True)
         return
     torch.set_num_threads(args.threads)
     for precision in precisions:
