@@ -6,6 +6,7 @@ import inspect
 import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -122,22 +123,37 @@ def test_chat_refuses_bad_input(client, tmp_path):
         client.predict({"text": "hi", "files": [handle_file(str(text))]}, 0, 0.9, 5, 0, api_name="/chat")
 
 
+@contextmanager
+def paced(engine, seconds: float):
+    """Make every LLM forward pass (one token, or one Euler step) take at least ``seconds``.
+
+    Unpaced, the tiny model writes ~700 tokens/s and runs 50 Euler steps in under a second, so a run could
+    end before a Stop request's round trip arrives and a test of Stop would race the clock."""
+    hook = engine.get().chat.model.language_model.model.register_forward_hook(lambda *_: time.sleep(seconds))
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
 def test_stop_endpoints_stop_only_their_own_session(served):
     a, b = new_client(served), new_client(served)
-    job = a.submit("a red circle", 2.0, 50, 1, 1, "euler", "x1", api_name="/generate")
-    wait_for(job, 2)
-    b.predict(api_name="/stop_generate")  # another session: no effect
-    wait_for(job, 4)
-    a.predict(api_name="/stop_generate")
-    job.result()
+    with paced(served[1], 0.05):  # 50 steps now take over 2.5 s
+        job = a.submit("a red circle", 2.0, 50, 1, 1, "euler", "x1", api_name="/generate")
+        wait_for(job, 2)
+        b.predict(api_name="/stop_generate")  # another session: no effect
+        wait_for(job, 4)
+        a.predict(api_name="/stop_generate")
+        job.result()
     status = job.outputs()[-1][1]
     assert "Stopped at step" in status and len(job.outputs()) < 50
 
     # seed 2: this tiny random model samples 400 tokens without an EOS, so only Stop can end it early
-    chat = a.submit({"text": "describe", "files": []}, 1.5, 1.0, 400, 2, api_name="/chat")
-    wait_for(chat, 3)
-    a.predict(api_name="/stop_chat")
-    chat.result()
+    with paced(served[1], 0.01):  # 400 tokens now take over 4 s
+        chat = a.submit({"text": "describe", "files": []}, 1.5, 1.0, 400, 2, api_name="/chat")
+        wait_for(chat, 3)
+        a.predict(api_name="/stop_chat")
+        chat.result()
     stats = chat.outputs()[-1][1]
     assert "stopped" in stats and int(stats.split("**")[1]) < 300
 
