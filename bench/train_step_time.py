@@ -6,7 +6,7 @@ Each setting trains a fresh shapes model (random init, the shipped model's token
 machine against the one the README's figures came from?" without a full training run.
 
     python bench/train_step_time.py --precision no --precision bf16 [--stage 2] [--threads 1] \
-        [--out bench/results/train-step-time.jsonl]
+        [--llm-hidden 192] [--llm-layers 6] [--out bench/results/train-step-time.jsonl]
 """
 
 from __future__ import annotations
@@ -45,10 +45,12 @@ def cpu_info() -> dict:
     return {"cpu": field("model name") or platform.machine(), "cpu_flags": sorted(flags)}
 
 
-def step_time(precision: str, stage: int, processes: int, warmup: int, steps: int, model_dir: Path) -> dict:
+def step_time(precision: str, stage: int, processes: int, warmup: int, steps: int, model_dir: Path,
+              llm_hidden: int | None = None, llm_layers: int | None = None) -> dict:
     from transformers import AutoTokenizer
 
     recipe = Recipe()
+    recipe = replace(recipe, llm_hidden=llm_hidden or recipe.llm_hidden, llm_layers=llm_layers or recipe.llm_layers)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     cfg = recipe.model_config(len(tokenizer))
     processor = build_processor(tokenizer, cfg.num_und_tokens)
@@ -67,7 +69,8 @@ def step_time(precision: str, stage: int, processes: int, warmup: int, steps: in
         t0 = time.perf_counter()
         result = trainer.train(resume=False, stop_at=warmup + steps)
         seconds = time.perf_counter() - t0
-    return {"precision": precision, "stage": stage, "threads": torch.get_num_threads(),
+    return {"precision": precision, "stage": stage, "llm": [recipe.llm_hidden, recipe.llm_layers],
+            "threads": torch.get_num_threads(),
             "batch": [stage_cfg.batch_und, stage_cfg.batch_gen, stage_cfg.batch_text],
             "s_per_step": round(seconds / steps, 4), "loss_end": round(result["last"]["loss"], 4)}
 
@@ -81,6 +84,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--llm-hidden", type=int, default=None, help=f"LLM width (default {Recipe.llm_hidden})")
+    ap.add_argument("--llm-layers", type=int, default=None, help=f"LLM depth (default {Recipe.llm_layers})")
     ap.add_argument("--model", type=Path, default=SHIPPED, help="folder with the tokenizer and vae/ to use")
     ap.add_argument("--out", type=Path, default=None, help="append one JSON line per setting")
     args = ap.parse_args()
@@ -90,12 +95,15 @@ def main() -> None:
     if len(precisions) > 1:  # accelerate fixes the precision once per process: one child process per setting
         common = ["--stage", str(args.stage), "--processes", str(args.processes), "--threads", str(args.threads),
                   "--warmup", str(args.warmup), "--steps", str(args.steps), "--model", str(args.model)]
+        common += ["--llm-hidden", str(args.llm_hidden)] if args.llm_hidden else []
+        common += ["--llm-layers", str(args.llm_layers)] if args.llm_layers else []
         common += ["--out", str(args.out)] if args.out else []
         for precision in precisions:
             subprocess.run([sys.executable, __file__, *common, "--precision", precision], check=True)
         return
     torch.set_num_threads(args.threads)
-    row = {**step_time(precisions[0], args.stage, args.processes, args.warmup, args.steps, args.model),
+    row = {**step_time(precisions[0], args.stage, args.processes, args.warmup, args.steps, args.model,
+                       args.llm_hidden, args.llm_layers),
            **cpu_info(), "torch": torch.__version__}
     print(json.dumps(row), flush=True)
     if args.out:
