@@ -49,8 +49,7 @@ def step_time(precision: str, stage: int, processes: int, warmup: int, steps: in
               llm_hidden: int | None = None, llm_layers: int | None = None) -> dict:
     from transformers import AutoTokenizer
 
-    recipe = Recipe()
-    recipe = replace(recipe, llm_hidden=llm_hidden or recipe.llm_hidden, llm_layers=llm_layers or recipe.llm_layers)
+    recipe = replace(Recipe(), llm_hidden=llm_hidden or Recipe.llm_hidden, llm_layers=llm_layers or Recipe.llm_layers)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     cfg = recipe.model_config(len(tokenizer))
     processor = build_processor(tokenizer, cfg.num_und_tokens)
