@@ -154,6 +154,19 @@ def test_recipe_cli_sets_vit_pretraining_steps_and_rejects_a_count_below_one(cap
     assert "siglip_steps must be at least 1, got 0" in capsys.readouterr().err
 
 
+def test_recipe_cli_scales_every_stage_learning_rate_and_rejects_a_scale_not_above_zero(capsys):
+    from janusflow_core.training.shapes_recipe import parse_args
+
+    _, default = parse_args([])
+    _, lower = parse_args(["--lr-scale", "0.5"])
+    assert [s.lr for s in lower.stages] == [s.lr * 0.5 for s in default.stages]
+    assert [replace(s, lr=0) for s in lower.stages] == [replace(s, lr=0) for s in default.stages]
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            parse_args(["--lr-scale", bad])
+        assert f"--lr-scale must be > 0, got {float(bad)}" in capsys.readouterr().err
+
+
 def test_recipe_cli_sets_one_stage_time_budget_and_rejects_unknown_stages(capsys):
     from janusflow_core.training.shapes_recipe import parse_args
 

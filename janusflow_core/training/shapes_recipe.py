@@ -279,6 +279,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
                     help="seed of everything the run samples: tokenizer corpus, VAE, ViT, data pools, model "
                          f"init and batches (default {Recipe.seed}). Tokenizer, VAE and ViT already in --work "
                          "are reused, so copying them there reruns only the stages under the new seed")
+    ap.add_argument("--lr-scale", type=float, default=None,
+                    help="multiply every stage's peak learning rate (the recipe's rates were set for an LLM of "
+                         f"width {Recipe.llm_hidden}; a wider one under AdamW usually wants a lower rate)")
     ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (1 avoids OpenMP oversubscription on a shared 2-core CPU; "
@@ -299,6 +302,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
         recipe = replace(recipe, llm_layers=args.llm_layers)
     if args.siglip_steps is not None:
         recipe = replace(recipe, siglip_steps=args.siglip_steps)
+    if args.lr_scale is not None:
+        if not args.lr_scale > 0:
+            ap.error(f"--lr-scale must be > 0, got {args.lr_scale}")
+        recipe = replace(recipe, stages=tuple(replace(s, lr=s.lr * args.lr_scale) for s in recipe.stages))
     if args.cfg is not None:
         recipe = replace(recipe, cfg_weight=args.cfg)
     if args.seed is not None:
