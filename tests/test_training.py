@@ -325,6 +325,8 @@ def test_time_budget_drives_the_schedule_and_the_log_shows_the_lr_used(setup, tm
     ({"max_seq_len": 8}, "max_seq_len"),
     ({"ema_decay": 1.5}, "ema_decay"),
     ({"cfg_drop": 1.0}, "cfg_drop"),
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"lr": float("nan")}, "lr must be > 0, got nan"),
     ({"batch_und": 0, "batch_gen": 0, "batch_text": 0}, "batch_und + batch_gen + batch_text"),
 ])
 def test_bad_config_names_the_field(setup, change, field):

@@ -65,7 +65,7 @@ class TrainConfig:
             p.append(f"und_turns must be >= 1, got {self.und_turns}")
         if self.batch_und + self.batch_gen + self.batch_text == 0:
             p.append("batch_und + batch_gen + batch_text must be > 0")
-        if self.lr <= 0:
+        if not self.lr > 0:  # also refuses NaN
             p.append(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             p.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
