@@ -109,6 +109,12 @@ class Recipe:
     def with_stage_fields(self, **kw) -> Recipe:
         return replace(self, stages=tuple(replace(s, **kw) for s in self.stages))
 
+    def with_lr_scale(self, factor: float) -> Recipe:
+        """Every stage's peak learning rate multiplied by ``factor``; ValueError unless it is > 0."""
+        if not factor > 0:
+            raise ValueError(f"--lr-scale must be > 0, got {factor}")
+        return replace(self, stages=tuple(replace(s, lr=s.lr * factor) for s in self.stages))
+
     def with_stage_minutes(self, stage: int, minutes: float) -> Recipe:
         """Stage ``stage``'s time budget set to ``minutes`` (its learning-rate schedule follows it);
         ValueError when the recipe has no such stage or the budget is not positive."""
@@ -302,15 +308,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
         recipe = replace(recipe, llm_layers=args.llm_layers)
     if args.siglip_steps is not None:
         recipe = replace(recipe, siglip_steps=args.siglip_steps)
-    if args.lr_scale is not None:
-        if not args.lr_scale > 0:
-            ap.error(f"--lr-scale must be > 0, got {args.lr_scale}")
-        recipe = replace(recipe, stages=tuple(replace(s, lr=s.lr * args.lr_scale) for s in recipe.stages))
     if args.cfg is not None:
         recipe = replace(recipe, cfg_weight=args.cfg)
     if args.seed is not None:
         recipe = replace(recipe, seed=args.seed).with_stage_fields(seed=args.seed)
     try:
+        if args.lr_scale is not None:
+            recipe = recipe.with_lr_scale(args.lr_scale)
         for item in args.stage_minutes:
             stage, _, minutes = item.partition("=")  # without "=", minutes is "" and float() fails below
             try:
