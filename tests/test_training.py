@@ -118,6 +118,54 @@ def test_dense_patch_targets_and_loss_by_hand():
     assert math.isclose(dense_loss(logits, t)["dense"].item(), expected, rel_tol=1e-4)
 
 
+def test_object_targets_name_the_object_covering_most_of_each_patch():
+    """Every patch touched by an object's bounding box gets that object's label, the larger overlap
+    winning where two boxes touch one patch; the loss is plain cross-entropy."""
+    from janusflow_core.shapes.world import Obj, Scene, object_label
+    from janusflow_core.training.encoder_pretrain import object_loss, object_targets
+
+    red_square, blue_circle = Obj("square", "red", 12, 12, 5), Obj("circle", "blue", 40, 30, 10)
+    t = object_targets([Scene((red_square, blue_circle))], 8).view(8, 8)
+    sq, ci = object_label("square", "red"), object_label("circle", "blue")
+    # the square's box is pixels 7..17: patch columns/rows 0 (one pixel), 1 and 2 (two pixels)
+    assert (t[:3, :3] == sq).all()
+    # the circle's box is x 30..50 (columns 3..6) and y 20..40 (rows 2..5)
+    assert (t[2:6, 3:7] == ci).all()
+    assert (t == 0).sum() == 64 - 9 - 16
+    # two boxes in patch (5, 2) (pixels 16..23 x 40..47): 2 x 7 px of the left box, 3 x 6 px of the right
+    left, right = Obj("triangle", "green", 11, 40, 6), Obj("square", "orange", 26, 40, 5)
+    row = object_targets([Scene((left, right))], 8).view(8, 8)[5]
+    assert row[2].item() == object_label("square", "orange")
+    assert object_targets([Scene((left,))], 4).shape == (1, 16)  # 16 px patches: a coarser grid
+    with pytest.raises(ValueError, match="grid 6 does not tile the 64 px canvas"):
+        object_targets([Scene((left,))], 6)
+    logits = torch.zeros(1, 64, 19)
+    assert math.isclose(object_loss(logits, t.view(1, 64))["object"].item(), math.log(19), rel_tol=1e-6)
+    logits[0, :, 0] = 100.0  # sure of background everywhere: the 25 object patches pay 100 each
+    assert math.isclose(object_loss(logits, t.view(1, 64))["object"].item(), 25 * 100 / 64, rel_tol=1e-4)
+
+
+def test_vit_pretraining_with_the_object_loss_learns_it(tmp_path):
+    """A few steps of pre-training on a tiny ViT lower the object loss, and the term is off at weight 0."""
+    from transformers import AutoTokenizer
+
+    from janusflow_core.config import SigLIPConfig
+    from janusflow_core.processing.tokenizer import train_bpe_tokenizer
+    from janusflow_core.training.encoder_pretrain import pretrain_siglip
+    from janusflow_core.training.shapes_recipe import corpus
+
+    train_bpe_tokenizer(corpus(0, n_scenes=50), 300, tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    cfg = SigLIPConfig(model_name="t", image_size=64, patch_size=8, width=32, layers=1, heads=2)
+    log: list = []
+    pretrain_siglip(cfg, tok, 60, batch=16, lr=3e-3, progress=False, log=log, dense_weight=1.0, object_weight=1.0)
+    losses = [r["object"] for r in log]
+    assert len(losses) == 3 and losses[-1] < 0.8 * losses[0]
+    log_off: list = []
+    pretrain_siglip(cfg, tok, 20, batch=4, progress=False, log=log_off, dense_weight=1.0, object_weight=0.0)
+    assert "object" not in log_off[0] and "dense" in log_off[0]
+
+
 def test_shapes_model_width_sets_heads_and_rejects_odd_widths():
     from janusflow_core.training.shapes_recipe import model_config
 
@@ -152,6 +200,19 @@ def test_recipe_cli_sets_vit_pretraining_steps_and_rejects_a_count_below_one(cap
     with pytest.raises(SystemExit):
         parse_args(["--siglip-steps", "0"])
     assert "siglip_steps must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_recipe_cli_sets_the_object_loss_weight_and_rejects_a_negative_one(capsys):
+    from janusflow_core.training.shapes_recipe import Recipe, parse_args
+
+    _, default = parse_args([])
+    assert default.siglip_object_weight == Recipe.siglip_object_weight > 0
+    _, off = parse_args(["--siglip-object-weight", "0"])
+    assert off.siglip_object_weight == 0 and off.stages == default.stages
+    for bad in ("-1", "nan"):
+        with pytest.raises(SystemExit):
+            parse_args(["--siglip-object-weight", bad])
+        assert "siglip_object_weight must be 0 or more" in capsys.readouterr().err
 
 
 def test_recipe_cli_scales_every_stage_learning_rate_and_rejects_a_scale_not_above_zero(capsys):
