@@ -74,7 +74,7 @@ class Recipe:
     vae_steps: int = 500
     vae_batch: int = 32
     vae_channels: tuple[int, ...] = (32, 64, 64)
-    siglip_steps: int = 1000  # rank 1 pre-trains the ViT while rank 0 trains the VAE (about 1.6x the VAE's time)
+    siglip_steps: int = 2000  # rank 1 pre-trains the ViT while rank 0 trains the VAE (and then waits for it)
     siglip_batch: int = 64
     # weight of the dense patch-label loss beside SigLIP's (encoder_pretrain.py): it teaches the ViT shapes
     siglip_dense_weight: float = 1.0
