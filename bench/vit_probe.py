@@ -10,7 +10,8 @@ features do not tell a triangle from a square at this level starves both paths t
 answering questions and REPA steering generation. ``--vit`` swaps in a pre-trained ``siglip.pt``
 (the recipe's work folder) for the tower of ``--model``, so a ViT can be probed before the stages train it.
 ``--pretrain-steps N`` instead pre-trains a fresh ViT of ``--model``'s size with the recipe's settings
-(``encoder_pretrain.pretrain_siglip``, batch 64, lr 1e-3, seed 0) and the given loss weights, then probes it:
+(``encoder_pretrain.pretrain_siglip`` at the recipe's batch, its default lr, seed 0) and the given loss
+weights, then probes it:
 
     python bench/vit_probe.py --pretrain-steps 2000 --object-weight 0   # SigLIP + dense loss only
     python bench/vit_probe.py --pretrain-steps 2000 --object-weight 1   # + the per-patch object loss
@@ -37,6 +38,7 @@ from janusflow_core.shapes import render, sample_scene  # noqa: E402
 from janusflow_core.shapes.world import CANVAS, COLORS, SHAPES, Obj  # noqa: E402
 from janusflow_core.training.data import to_pixel_values  # noqa: E402
 from janusflow_core.training.encoder_pretrain import pretrain_siglip  # noqa: E402
+from janusflow_core.training.shapes_recipe import Recipe  # noqa: E402
 
 
 def box_patches(o: Obj, grid: int) -> list[int]:
@@ -108,8 +110,9 @@ def main() -> None:
     extra = {}
     if args.pretrain_steps:
         t0 = time.time()
-        tower = pretrain_siglip(bundle.config.siglip, bundle.processor.tokenizer, args.pretrain_steps, batch=64,
-                                lr=1e-3, seed=0, dense_weight=args.dense_weight, object_weight=args.object_weight)
+        tower = pretrain_siglip(bundle.config.siglip, bundle.processor.tokenizer, args.pretrain_steps,
+                                batch=Recipe.siglip_batch, seed=0, dense_weight=args.dense_weight,
+                                object_weight=args.object_weight)
         extra = {"pretrain_steps": args.pretrain_steps, "dense_weight": args.dense_weight,
                  "object_weight": args.object_weight, "pretrain_s": round(time.time() - t0)}
     row = {"model": args.model, "vit": args.vit, **extra, "scenes": args.scenes, "seed": args.seed,
