@@ -3,19 +3,9 @@ each count must mean what its name says. Checked on scenes drawn by the world's 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from conftest import load_bench
 
 from janusflow_core.shapes.world import Obj, Scene, render
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("binding", ROOT / "bench" / "binding.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _image(*objects):
@@ -23,7 +13,7 @@ def _image(*objects):
 
 
 def test_tally_tells_sets_from_bindings():
-    b = _module()
+    b = load_bench("binding")
     prompt = "a red square and a blue circle"
     right = _image(("square", "red", 15, 20), ("circle", "blue", 45, 40))
     swapped = _image(("square", "blue", 15, 20), ("circle", "red", 45, 40))
@@ -42,7 +32,7 @@ def test_tally_tells_sets_from_bindings():
 
 
 def test_summarise_rates_only_over_two_object_images():
-    b = _module()
+    b = load_bench("binding")
     rows = [{}, {"shapes": True, "bound": True}, {"shapes": True, "bound": False}, {"shapes": False}]
     s = b.summarise(rows)
     assert s["images"] == 4 and s["two_objects"] == 3

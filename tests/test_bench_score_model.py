@@ -3,24 +3,14 @@ they say."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("score_model", ROOT / "bench" / "score_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_bench
 
 
 def test_stage_steps_and_fields_are_read_from_a_work_folder(tmp_path):
-    sm = _module()
+    sm = load_bench("score_model")
     for stage, steps in ((1, [10, 60]), (2, [10, 20, 5171]), (3, [3457])):
         d = tmp_path / f"stage{stage}"
         d.mkdir()
@@ -36,7 +26,7 @@ def test_stage_steps_and_fields_are_read_from_a_work_folder(tmp_path):
 
 
 def test_score_model_row_on_the_shipped_model(tmp_path):
-    sm = _module()
+    sm = load_bench("score_model")
     out = tmp_path / "rows.jsonl"
     row = sm.main(["--per-task", "1", "--n", "8", "--seeds", "0", "--confusion-images", "2",
                    "--set", "repa_weight=0.5", "--threads", "1", "--out", str(out)])
