@@ -50,15 +50,16 @@ def reweighted(pool: GenerationPool, share_two: float) -> GenerationPool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="assets/janusflow-shapes")
-    ap.add_argument("--share-two", type=float, default=0.75, help="fraction of two-object scenes, in (0.5, 1]")
+    ap.add_argument("--share-two", type=float, default=0.75,
+                    help="fraction of two-object scenes, in [0.5, 1] (below 0.5 the pool has too few others)")
     ap.add_argument("--minutes", type=float, default=18.0, help="time budget (the lr schedule completes in it)")
     ap.add_argument("--steps", type=int, default=4000, help="step limit")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    if not 0.5 < args.share_two <= 1.0:
-        ap.error(f"--share-two must be in (0.5, 1] (the recipe's pool has 0.5), got {args.share_two}")
+    if not 0.5 <= args.share_two <= 1.0:
+        ap.error(f"--share-two must be in [0.5, 1] (0.5 is the recipe's own pool), got {args.share_two}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     bundle = load_pretrained(args.model, device="cpu", dtype="float32")
