@@ -4,9 +4,9 @@
 
 A diagnostic, not part of the recipe: it asks whether more two-object data alone teaches the model to pair
 words with objects (measure with ``bench/binding.py --model OUT/model`` before and after). It rebuilds the
-recipe's seed-0 pools (8 000 understanding scenes; 12 000 generation scenes, task-uniform), keeps every
+recipe's pools (its seed and sizes: 8 000 understanding scenes, 12 000 task-uniform generation scenes), keeps every
 scene drawn for two_object, position or color_attr and enough of the others for ``--share-two``, and runs
-one stage-3 style stage (everything trains, the VAE frozen) from the model's weights, single process.
+one stage with the recipe's stage-3 batch (everything trains, the VAE frozen) from the model's weights, single process.
 REPA is off: the shipped checkpoint carries no REPA head, and a fresh one would pull on the LLM while it
 learns. The EMA weights are saved to ``OUT/model`` in the official layout, with the model's processor,
 VAE and sampling settings.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from janusflow_core import load_pretrained  # noqa: E402
 from janusflow_core.checkpoint import save_pretrained  # noqa: E402
 from janusflow_core.shapes import TASKS  # noqa: E402
-from janusflow_core.training.config import TrainConfig  # noqa: E402
 from janusflow_core.training.data import (  # noqa: E402
     GenerationPool,
     build_generation_pool,
     build_understanding_pool,
 )
+from janusflow_core.training.shapes_recipe import Recipe  # noqa: E402
 from janusflow_core.training.trainer import Trainer  # noqa: E402
 
 TWO_OBJECT_TASKS = ("two_object", "position", "color_attr")
@@ -64,12 +65,12 @@ def main() -> None:
     out = Path(args.out)
     bundle = load_pretrained(args.model, device="cpu", dtype="float32")
     t0 = time.time()
-    und = build_understanding_pool(8000, 0)
-    gen = reweighted(build_generation_pool(12000, 0, bundle.vae.encode), args.share_two)
+    recipe = Recipe()
+    und = build_understanding_pool(recipe.und_pool, recipe.seed)
+    gen = reweighted(build_generation_pool(recipe.gen_pool, recipe.seed, bundle.vae.encode), args.share_two)
     print(f"pools: {time.time() - t0:.0f} s, {len(gen.captions)} generation scenes", flush=True)
-    cfg = TrainConfig(stage=3, steps=args.steps, lr=args.lr, warmup_steps=100, batch_und=6, batch_gen=20,
-                      batch_text=2, und_turns=6, checkpoint_every=args.steps, time_limit_s=args.minutes * 60,
-                      repa_weight=0.0)
+    cfg = replace(recipe.stages[-1], steps=args.steps, lr=args.lr, checkpoint_every=args.steps,
+                  time_limit_s=args.minutes * 60, repa_weight=0.0, snapshot_every=0)  # the recipe's stage 3 batch
     trainer = Trainer(bundle.model, bundle.processor, cfg, out / "work", und, gen, progress=False)
     print(trainer.train(resume=False), flush=True)
     save_pretrained(trainer.ema_model().eval(), out / "model", processor=bundle.processor, vae=bundle.vae,
