@@ -76,9 +76,9 @@ def main() -> None:
     generate = benchmarks.make_generator(args.model, device="cpu", dtype="float32", cfg=args.cfg)
     pairs, _ = benchmarks.geneval_prompts(args.per_task, args.seed)
     rows: dict[str, list] = {t: [] for t in TASKS}
-    for k, (task, prompt) in enumerate(pairs):  # k and the image seed exactly as run_geneval numbers them
+    for k, (task, prompt) in enumerate(pairs):  # k counts over all tasks, as run_geneval does
         if task in rows:
-            rows[task].append(tally(prompt, generate(prompt, args.seed * 100_000 + k, 1)[0]))
+            rows[task].append(tally(prompt, generate(prompt, benchmarks.image_seed(args.seed, k), 1)[0]))
     result = {"model": args.model or "embedded", "cfg": args.cfg, "seed": args.seed, "per_task": args.per_task,
               "chance_if_independent": {"shapes": 0.5, "bound": 0.5},
               **{t: summarise(r) for t, r in rows.items()}}

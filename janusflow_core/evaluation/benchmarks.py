@@ -40,6 +40,11 @@ def geneval_prompts(per_task: int, seed: int = 0, split: str = "test") -> tuple[
     return pairs, held_out
 
 
+def image_seed(seed: int, k: int) -> int:
+    """The noise seed of the k-th benchmark prompt (k over all tasks, in ``geneval_prompts`` order)."""
+    return seed * 100_000 + k
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
@@ -59,15 +64,15 @@ def run_geneval(
     reasons: dict[str, Counter] = {t: Counter() for t in TASKS}
     records = []
     for k, (task, prompt) in enumerate(pairs):
-        image_seed = seed * 100_000 + k
-        images = generate(prompt, image_seed, images_per_prompt)
+        noise_seed = image_seed(seed, k)
+        images = generate(prompt, noise_seed, images_per_prompt)
         if len(images) != images_per_prompt:
             raise RuntimeError(f"generator returned {len(images)} images, asked for {images_per_prompt}")
         for j, image in enumerate(images):
             passed, reason = check_image(image, prompt)
             reasons[task][reason] += 1
             records.append(
-                {"task": task, "prompt": prompt, "seed": image_seed, "index": j, "passed": passed, "reason": reason}
+                {"task": task, "prompt": prompt, "seed": noise_seed, "index": j, "passed": passed, "reason": reason}
             )
             if save_images is not None:
                 folder = Path(save_images) / task
