@@ -145,6 +145,56 @@ def test_object_targets_name_the_object_covering_most_of_each_patch():
     assert math.isclose(object_loss(logits, t.view(1, 64))["object"].item(), 25 * 100 / 64, rel_tol=1e-4)
 
 
+def test_relation_targets_say_where_each_object_lies_among_the_others():
+    """Every patch of an object gets 1 + 3h + v: h = 1 / 2 when the object is left / right of all the
+    others (the world's 4 px rule), v the same for above / below, 0 for neither; a lone object is 1 and
+    background 0, on the same patches as the object labels."""
+    from janusflow_core.shapes.world import Obj, Scene
+    from janusflow_core.training.encoder_pretrain import (
+        NUM_RELATION_LABELS,
+        object_loss,
+        object_targets,
+        relation_label,
+        relation_targets,
+    )
+
+    red_square, blue_circle = Obj("square", "red", 12, 12, 5), Obj("circle", "blue", 40, 30, 10)
+    scene = Scene((red_square, blue_circle))
+    assert relation_label(scene, 0) == 1 + 3 * 1 + 1  # left of and above the circle
+    assert relation_label(scene, 1) == 1 + 3 * 2 + 2  # right of and below
+    t = relation_targets([scene], 8).view(8, 8)
+    assert (t[:3, :3] == 5).all() and (t[2:6, 3:7] == 9).all()
+    assert ((t == 0) == (object_targets([scene], 8).view(8, 8) == 0)).all()
+    # same row (cy equal): neither above nor below; 3 px apart in x is not "left of" (needs 4)
+    a, b = Obj("circle", "red", 12, 30, 6), Obj("square", "blue", 15, 50, 5)
+    assert relation_label(Scene((a, b)), 0) == 1 + 0 + 1  # only above
+    c, d = Obj("circle", "red", 12, 30, 6), Obj("square", "blue", 40, 30, 6)
+    assert relation_label(Scene((c, d)), 1) == 1 + 3 * 2 + 0  # only right of
+    # three objects: the middle one is left of one and right of the other, so h = 0
+    e = Obj("triangle", "green", 26, 10, 5)
+    assert relation_label(Scene((c, e, d)), 1) == 1 + 0 + 1  # above both, between them in x
+    assert relation_label(Scene((c,)), 0) == 1
+    assert (relation_targets([Scene((c,))], 8) <= 1).all()
+    with pytest.raises(ValueError, match="relation_targets: grid 5 does not tile"):
+        relation_targets([scene], 5)
+    logits = torch.zeros(1, 64, NUM_RELATION_LABELS)
+    loss = object_loss(logits, t.view(1, 64), name="relation")["relation"].item()
+    assert math.isclose(loss, math.log(NUM_RELATION_LABELS), rel_tol=1e-6)
+
+
+def test_generation_pool_task_cycle_follows_the_weights():
+    from janusflow_core.shapes import TASKS
+    from janusflow_core.training.data import task_cycle
+
+    assert task_cycle(None) == TASKS == task_cycle((1,) * 6)  # uniform: the pool drawn before weights existed
+    cycle = task_cycle((1, 2, 1, 1, 2, 2))
+    assert cycle == TASKS + ("two_object", "position", "color_attr")
+    assert task_cycle((0, 3, 0, 0, 0, 1)) == ("two_object", "color_attr", "two_object", "two_object")
+    for bad in ((1, 1, 1), (1, 1, 1, 1, 1, -1), (0,) * 6, (1, 1.5, 1, 1, 1, 1)):
+        with pytest.raises(ValueError, match="gen_task_weights: one integer of 0 or more per task"):
+            task_cycle(bad)
+
+
 def test_vit_pretraining_with_the_object_loss_learns_it(tmp_path):
     """A few steps of pre-training on a tiny ViT lower the object loss, and the term is off at weight 0."""
     from transformers import AutoTokenizer
@@ -158,12 +208,15 @@ def test_vit_pretraining_with_the_object_loss_learns_it(tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
     cfg = SigLIPConfig(model_name="t", image_size=64, patch_size=8, width=32, layers=1, heads=2)
     log: list = []
-    pretrain_siglip(cfg, tok, 60, batch=16, lr=3e-3, progress=False, log=log, dense_weight=1.0, object_weight=1.0)
+    pretrain_siglip(cfg, tok, 60, batch=16, lr=3e-3, progress=False, log=log, dense_weight=1.0, object_weight=1.0,
+                    relation_weight=1.0)
     losses = [r["object"] for r in log]
     assert len(losses) == 3 and losses[-1] < 0.8 * losses[0]
+    relation = [r["relation"] for r in log]
+    assert relation[-1] < 0.8 * relation[0]
     log_off: list = []
     pretrain_siglip(cfg, tok, 20, batch=4, progress=False, log=log_off, dense_weight=1.0, object_weight=0.0)
-    assert "object" not in log_off[0] and "dense" in log_off[0]
+    assert "object" not in log_off[0] and "relation" not in log_off[0] and "dense" in log_off[0]
 
 
 def test_shapes_model_width_sets_heads_and_rejects_odd_widths():
@@ -213,6 +266,21 @@ def test_recipe_cli_sets_the_object_loss_weight_and_rejects_a_negative_one(capsy
         with pytest.raises(SystemExit):
             parse_args(["--siglip-object-weight", bad])
         assert "siglip_object_weight must be 0 or more" in capsys.readouterr().err
+
+
+def test_recipe_cli_sets_the_relation_loss_and_the_pool_task_weights_and_rejects_bad_ones(capsys):
+    from janusflow_core.training.shapes_recipe import Recipe, parse_args
+
+    _, default = parse_args([])
+    assert default.siglip_relation_weight == Recipe.siglip_relation_weight > 0
+    _, off = parse_args(["--siglip-relation-weight", "0", "--gen-task-weights", "1,1,1,1,1,1"])
+    assert off.siglip_relation_weight == 0 and off.gen_task_weights == (1,) * 6 and off.stages == default.stages
+    for flags, message in ((["--siglip-relation-weight", "-0.5"], "siglip_relation_weight must be 0 or more"),
+                           (["--gen-task-weights", "1,2,1"], "gen_task_weights: one integer of 0 or more per task"),
+                           (["--gen-task-weights", "1,a,1,1,1,1"], "--gen-task-weights takes 6 comma-separated")):
+        with pytest.raises(SystemExit):
+            parse_args(flags)
+        assert message in capsys.readouterr().err
 
 
 def test_recipe_cli_scales_every_stage_learning_rate_and_rejects_a_scale_not_above_zero(capsys):

@@ -50,14 +50,30 @@ def build_understanding_pool(n: int, seed: int) -> UnderstandingPool:
     return UnderstandingPool(scenes, images)
 
 
+def task_cycle(weights: tuple[int, ...] | None) -> tuple[str, ...]:
+    """The cycle of tasks that ``build_generation_pool`` walks: each task of ``TASKS`` repeated by its
+    weight, interleaved (weights (1, 2, 1, 1, 2, 2) give single_object, two_object, counting, colors,
+    position, color_attr, two_object, position, color_attr). ``None`` is uniform: ``TASKS`` itself.
+    ValueError naming the field unless there is one integer of 0 or more per task, not all 0."""
+    if weights is None:
+        return TASKS
+    if (len(weights) != len(TASKS) or any(not isinstance(w, int) or w < 0 for w in weights)
+            or not any(weights)):
+        raise ValueError(f"gen_task_weights: one integer of 0 or more per task ({', '.join(TASKS)}), "
+                         f"not all 0; got {weights!r}")
+    return tuple(t for r in range(max(weights)) for t, w in zip(TASKS, weights, strict=True) if w > r)
+
+
 def build_generation_pool(n: int, seed: int, encode: Callable[[torch.Tensor], torch.Tensor],
-                          batch: int = 256) -> GenerationPool:
-    """``n`` scenes drawn task-uniformly for train-split prompts; ``encode`` maps images (B, 3, S, S)
-    in [-1, 1] to scaled latents."""
+                          batch: int = 256, task_weights: tuple[int, ...] | None = None) -> GenerationPool:
+    """``n`` scenes drawn for train-split prompts of the tasks in turn (``task_weights``: scenes per task,
+    see ``task_cycle``; uniform by default); ``encode`` maps images (B, 3, S, S) in [-1, 1] to scaled
+    latents."""
+    cycle = task_cycle(task_weights)
     rng = random.Random(f"gen-pool:{seed}")
     captions, scenes = [], []
     for i in range(n):
-        prompt, scene = sample_prompt(rng, TASKS[i % len(TASKS)], split="train")
+        prompt, scene = sample_prompt(rng, cycle[i % len(cycle)], split="train")
         captions.append([prompt] + [c for c in scene_captions(scene, split="train") if c != prompt])
         scenes.append(scene)
     images = np.stack([np.asarray(render(s)) for s in scenes])

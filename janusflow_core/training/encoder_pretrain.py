@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..config import SigLIPConfig
 from ..modeling.siglip import VisionTransformer
 from ..shapes import describe, render, sample_scene
-from ..shapes.world import CANVAS, NUM_LABELS, Scene, object_label, render_labels
+from ..shapes.world import CANVAS, NUM_LABELS, Scene, holds, object_label, render_labels
 from .data import to_pixel_values
 
 
@@ -77,35 +77,74 @@ def dense_loss(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.T
     return {"dense": -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()}
 
 
+def _patch_owners(scene: Scene, grid: int) -> np.ndarray:
+    """(grid, grid) int: per patch, the index of the object whose bounding box overlaps it by the most
+    pixels (the first such object on a tie), -1 when no box touches it."""
+    patch = CANVAS // grid
+    lo = np.arange(grid) * patch  # first canvas pixel of each patch row / column; boxes are inclusive
+    best = np.zeros((grid, grid), dtype=np.int64)
+    owner = np.full((grid, grid), -1, dtype=np.int64)
+    for i, o in enumerate(scene.objects):
+        ox = np.clip(np.minimum(lo + patch, o.cx + o.r + 1) - np.maximum(lo, o.cx - o.r), 0, None)
+        oy = np.clip(np.minimum(lo + patch, o.cy + o.r + 1) - np.maximum(lo, o.cy - o.r), 0, None)
+        area = oy[:, None] * ox[None, :]
+        wins = area > best
+        best = np.where(wins, area, best)
+        owner[wins] = i
+    return owner
+
+
+def _check_grid(grid: int, who: str) -> None:
+    if CANVAS % grid:
+        raise ValueError(f"{who}: grid {grid} does not tile the {CANVAS} px canvas")
+
+
 def object_targets(scenes: list[Scene], grid: int) -> torch.Tensor:
     """(B, grid * grid) long: per patch of a grid x grid tiling of the canvas (row-major), ``object_label``
     of the object whose bounding box overlaps the patch by the most pixels (the first such object on a
     tie), 0 when no box touches it."""
-    if CANVAS % grid:
-        raise ValueError(f"object_targets: grid {grid} does not tile the {CANVAS} px canvas")
-    g, patch = grid, CANVAS // grid
-    lo = np.arange(g) * patch  # first canvas pixel of each patch row / column; boxes are inclusive
-    out = np.zeros((len(scenes), g, g), dtype=np.int64)
+    _check_grid(grid, "object_targets")
+    out = np.zeros((len(scenes), grid * grid), dtype=np.int64)
     for k, scene in enumerate(scenes):
-        best = np.zeros((g, g), dtype=np.int64)
-        for o in scene.objects:
-            ox = np.clip(np.minimum(lo + patch, o.cx + o.r + 1) - np.maximum(lo, o.cx - o.r), 0, None)
-            oy = np.clip(np.minimum(lo + patch, o.cy + o.r + 1) - np.maximum(lo, o.cy - o.r), 0, None)
-            area = oy[:, None] * ox[None, :]
-            wins = area > best
-            best = np.where(wins, area, best)
-            out[k][wins] = object_label(o.shape, o.color)
-    return torch.from_numpy(out.reshape(len(scenes), g * g))
+        labels = np.array([0] + [object_label(o.shape, o.color) for o in scene.objects])
+        out[k] = labels[_patch_owners(scene, grid).reshape(-1) + 1]
+    return torch.from_numpy(out)
 
 
-def object_loss(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Cross-entropy of (B, N, K) patch logits against (B, N) object labels."""
-    return {"object": F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))}
+NUM_RELATION_LABELS = 10  # background + 3 horizontal x 3 vertical places
+
+
+def relation_label(scene: Scene, i: int) -> int:
+    """Where object ``i`` lies among the others: ``1 + 3 h + v`` with h = 1 when it is left of every other
+    object, 2 when right of every other, else 0, and v the same for above / below (the world's relation
+    rules, ``holds``). A lone object is 1 (nowhere in particular)."""
+    o, others = scene.objects[i], [b for j, b in enumerate(scene.objects) if j != i]
+    if not others:
+        return 1
+    h = 1 if all(holds(o, "left of", b) for b in others) else 2 if all(holds(o, "right of", b) for b in others) else 0
+    v = 1 if all(holds(o, "above", b) for b in others) else 2 if all(holds(o, "below", b) for b in others) else 0
+    return 1 + 3 * h + v
+
+
+def relation_targets(scenes: list[Scene], grid: int) -> torch.Tensor:
+    """(B, grid * grid) long: per patch (owned as in ``object_targets``), the ``relation_label`` of the
+    object that owns it, 0 when no box touches it."""
+    _check_grid(grid, "relation_targets")
+    out = np.zeros((len(scenes), grid * grid), dtype=np.int64)
+    for k, scene in enumerate(scenes):
+        labels = np.array([0] + [relation_label(scene, i) for i in range(len(scene.objects))])
+        out[k] = labels[_patch_owners(scene, grid).reshape(-1) + 1]
+    return torch.from_numpy(out)
+
+
+def object_loss(logits: torch.Tensor, targets: torch.Tensor, name: str = "object") -> dict[str, torch.Tensor]:
+    """Cross-entropy of (B, N, K) patch logits against (B, N) labels (object or relation labels)."""
+    return {name: F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))}
 
 
 def pretrain_siglip(cfg: SigLIPConfig, tokenizer, steps: int, batch: int = 128, lr: float = 1e-3, seed: int = 0,
                     progress: bool = True, log: list | None = None, dense_weight: float = 0.0,
-                    object_weight: float = 0.0) -> VisionTransformer:
+                    object_weight: float = 0.0, relation_weight: float = 0.0) -> VisionTransformer:
     torch.manual_seed(seed)
     rng = random.Random(f"siglip:{seed}")
     vit = VisionTransformer(cfg)
@@ -120,6 +159,10 @@ def pretrain_siglip(cfg: SigLIPConfig, tokenizer, steps: int, batch: int = 128, 
     if object_weight > 0:
         object_head = nn.Linear(cfg.width, NUM_LABELS)  # the object loss's patch classifier (pre-training only)
         params += list(object_head.parameters())
+    if relation_weight > 0:
+        relation_head = nn.Linear(cfg.width, NUM_RELATION_LABELS)  # the relation loss's patch classifier
+        params += list(relation_head.parameters())
+    grid = cfg.image_size // cfg.patch_size
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     if steps >= 40:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
@@ -140,8 +183,11 @@ def pretrain_siglip(cfg: SigLIPConfig, tokenizer, steps: int, batch: int = 128, 
             terms.update(dense_loss(head(tokens), patch_targets(labels, cfg.patch_size)))
             loss = loss + dense_weight * terms["dense"]
         if object_weight > 0:
-            terms.update(object_loss(object_head(tokens), object_targets(scenes, cfg.image_size // cfg.patch_size)))
+            terms.update(object_loss(object_head(tokens), object_targets(scenes, grid)))
             loss = loss + object_weight * terms["object"]
+        if relation_weight > 0:
+            terms.update(object_loss(relation_head(tokens), relation_targets(scenes, grid), name="relation"))
+            loss = loss + relation_weight * terms["relation"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -35,7 +35,7 @@ from ..processing.tokenizer import train_bpe_tokenizer
 from ..shapes import TASKS, all_prompts, all_questions, describe, sample_scene
 from ..vae import VAE
 from .config import TrainConfig
-from .data import build_generation_pool, build_understanding_pool
+from .data import build_generation_pool, build_understanding_pool, task_cycle
 from .encoder_pretrain import pretrain_siglip
 from .trainer import Trainer, make_accelerator
 from .vae_train import train_vae
@@ -80,8 +80,14 @@ class Recipe:
     siglip_dense_weight: float = 1.0
     # weight of the per-patch object loss (encoder_pretrain.py): every patch names the object covering it
     siglip_object_weight: float = 1.0
+    # weight of the per-patch relation loss (encoder_pretrain.py): every object patch says whether its object
+    # lies left / right of and above / below all the others, which REPA carries into generation
+    siglip_relation_weight: float = 1.0
     und_pool: int = 8000
     gen_pool: int = 12000
+    # scenes of the generation pool per task, in TASKS order (data.build_generation_pool): the three tasks
+    # that name two different objects (two_object, position, color_attr) get twice the others' share
+    gen_task_weights: tuple[int, ...] = (1, 2, 1, 1, 2, 2)
     cfg_weight: float = 3.0
     # the shapes model is trained without a system text (the official one would be a third of every
     # understanding sample); processor_config.json records it, so chat uses the same
@@ -139,9 +145,10 @@ class Recipe:
         for name in ("vae_steps", "siglip_steps", "vae_batch", "siglip_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("siglip_dense_weight", "siglip_object_weight"):
+        for name in ("siglip_dense_weight", "siglip_object_weight", "siglip_relation_weight"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        task_cycle(self.gen_task_weights)
         for stage in self.stages:
             stage.validate(cfg)
 
@@ -202,7 +209,8 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     if acc.process_index == vit_rank and not vit_path.exists():
         vit = pretrain_siglip(cfg.siglip, tokenizer, recipe.siglip_steps, batch=recipe.siglip_batch, seed=recipe.seed,
                               progress=progress and main_proc, log=log, dense_weight=recipe.siglip_dense_weight,
-                              object_weight=recipe.siglip_object_weight)
+                              object_weight=recipe.siglip_object_weight,
+                              relation_weight=recipe.siglip_relation_weight)
         torch.save(vit.state_dict(), vit_path)
     if log:
         with (work / "pretrain_log.jsonl").open("a") as f:
@@ -217,7 +225,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     # 4. data pools
     t0 = time.time()
     und_pool = build_understanding_pool(recipe.und_pool, recipe.seed)
-    gen_pool = build_generation_pool(recipe.gen_pool, recipe.seed, vae.encode)
+    gen_pool = build_generation_pool(recipe.gen_pool, recipe.seed, vae.encode, task_weights=recipe.gen_task_weights)
     times["data"] = time.time() - t0
 
     # 5. the three stages; the batch sizes above are global, split over the processes
@@ -286,6 +294,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
     ap.add_argument("--siglip-object-weight", type=float, default=None,
                     help=f"weight of the ViT's per-patch object loss in pre-training (default "
                          f"{Recipe.siglip_object_weight}; 0 turns it off)")
+    ap.add_argument("--siglip-relation-weight", type=float, default=None,
+                    help="weight of the ViT's per-patch relation loss in pre-training (default "
+                         f"{Recipe.siglip_relation_weight}; 0 turns it off)")
+    ap.add_argument("--gen-task-weights", default=None, metavar="W,W,W,W,W,W",
+                    help="generation-pool scenes per task, integers in the order " + ", ".join(TASKS)
+                         + f" (default {','.join(map(str, Recipe.gen_task_weights))}; 1,1,1,1,1,1 is uniform)")
     ap.add_argument("--stage-minutes", action="append", default=[], metavar="STAGE=MIN",
                     help="time budget of one stage in minutes, e.g. --stage-minutes 2=70 --stage-minutes 3=20 "
                          "(default: " + ", ".join(f"{s.stage}={s.time_limit_s / 60:g}" for s in Recipe().stages
@@ -319,11 +333,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
         recipe = replace(recipe, siglip_steps=args.siglip_steps)
     if args.siglip_object_weight is not None:
         recipe = replace(recipe, siglip_object_weight=args.siglip_object_weight)
+    if args.siglip_relation_weight is not None:
+        recipe = replace(recipe, siglip_relation_weight=args.siglip_relation_weight)
     if args.cfg is not None:
         recipe = replace(recipe, cfg_weight=args.cfg)
     if args.seed is not None:
         recipe = replace(recipe, seed=args.seed).with_stage_fields(seed=args.seed)
     try:
+        if args.gen_task_weights is not None:
+            try:
+                weights = tuple(int(w) for w in args.gen_task_weights.split(","))
+            except ValueError:
+                raise ValueError(f"--gen-task-weights takes {len(TASKS)} comma-separated integers "
+                                 f"({', '.join(TASKS)}), got {args.gen_task_weights!r}") from None
+            recipe = replace(recipe, gen_task_weights=weights)
         if args.lr_scale is not None:
             recipe = recipe.with_lr_scale(args.lr_scale)
         for item in args.stage_minutes:
