@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -94,21 +95,23 @@ def _patch_owners(scene: Scene, grid: int) -> np.ndarray:
     return owner
 
 
-def _check_grid(grid: int, who: str) -> None:
+def _owner_labels(scenes: list[Scene], grid: int, labels_of: Callable[[Scene], list[int]], who: str) -> torch.Tensor:
+    """(B, grid * grid) long: per patch, the label ``labels_of(scene)`` gives the object that owns it
+    (``_patch_owners``), 0 where no box touches it."""
     if CANVAS % grid:
         raise ValueError(f"{who}: grid {grid} does not tile the {CANVAS} px canvas")
+    out = np.zeros((len(scenes), grid * grid), dtype=np.int64)
+    for k, scene in enumerate(scenes):
+        out[k] = np.array([0] + labels_of(scene))[_patch_owners(scene, grid).reshape(-1) + 1]
+    return torch.from_numpy(out)
 
 
 def object_targets(scenes: list[Scene], grid: int) -> torch.Tensor:
     """(B, grid * grid) long: per patch of a grid x grid tiling of the canvas (row-major), ``object_label``
     of the object whose bounding box overlaps the patch by the most pixels (the first such object on a
     tie), 0 when no box touches it."""
-    _check_grid(grid, "object_targets")
-    out = np.zeros((len(scenes), grid * grid), dtype=np.int64)
-    for k, scene in enumerate(scenes):
-        labels = np.array([0] + [object_label(o.shape, o.color) for o in scene.objects])
-        out[k] = labels[_patch_owners(scene, grid).reshape(-1) + 1]
-    return torch.from_numpy(out)
+    return _owner_labels(scenes, grid, lambda s: [object_label(o.shape, o.color) for o in s.objects],
+                         "object_targets")
 
 
 NUM_RELATION_LABELS = 10  # background + 3 horizontal x 3 vertical places
@@ -129,12 +132,8 @@ def relation_label(scene: Scene, i: int) -> int:
 def relation_targets(scenes: list[Scene], grid: int) -> torch.Tensor:
     """(B, grid * grid) long: per patch (owned as in ``object_targets``), the ``relation_label`` of the
     object that owns it, 0 when no box touches it."""
-    _check_grid(grid, "relation_targets")
-    out = np.zeros((len(scenes), grid * grid), dtype=np.int64)
-    for k, scene in enumerate(scenes):
-        labels = np.array([0] + [relation_label(scene, i) for i in range(len(scene.objects))])
-        out[k] = labels[_patch_owners(scene, grid).reshape(-1) + 1]
-    return torch.from_numpy(out)
+    return _owner_labels(scenes, grid, lambda s: [relation_label(s, i) for i in range(len(s.objects))],
+                         "relation_targets")
 
 
 def object_loss(logits: torch.Tensor, targets: torch.Tensor, name: str = "object") -> dict[str, torch.Tensor]:
