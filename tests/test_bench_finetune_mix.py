@@ -14,7 +14,7 @@ from janusflow_core.training.data import GenerationPool
 
 def test_reweighted_pool_keeps_every_two_object_scene_at_the_asked_share():
     fm = load_bench("finetune_mix")
-    n = 600  # drawn task by task in TASKS order, as build_generation_pool does
+    n = 600  # drawn task by task in TASKS order, as build_generation_pool does with uniform weights
     pool = GenerationPool([[f"scene {i}"] for i in range(n)], torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1),
                           np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1).repeat(3, -1))
     out = fm.reweighted(pool, 0.75)
