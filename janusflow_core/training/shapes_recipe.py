@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .data import build_generation_pool, build_understanding_pool, task_cycle
 from .encoder_pretrain import pretrain_siglip
 from .trainer import Trainer, make_accelerator
-from .vae_train import train_vae
+from .vae_train import finetune_decoder, train_vae
 
 IMAGE_SIZE = 64
 
@@ -74,6 +74,10 @@ class Recipe:
     vae_steps: int = 500
     vae_batch: int = 32
     vae_channels: tuple[int, ...] = (32, 64, 64)
+    # then the decoder alone on whole images (vae_train.finetune_decoder; 0 skips it): trained on crops only,
+    # the seventh model's decoder drew stray lines along the image border, malforming a third of its objects
+    vae_decoder_steps: int = 600
+    vae_decoder_batch: int = 16
     siglip_steps: int = 2000  # rank 1 pre-trains the ViT while rank 0 trains the VAE (and then waits for it)
     siglip_batch: int = 64
     # weight of the dense patch-label loss beside SigLIP's (encoder_pretrain.py): it teaches the ViT shapes
@@ -142,9 +146,11 @@ class Recipe:
         """Raise ValueError naming the field when the model or a stage does not fit; costs no compute,
         so ``run`` calls it before the tokenizer, the VAE and the ViT are trained."""
         cfg = self.model_config()
-        for name in ("vae_steps", "siglip_steps", "vae_batch", "siglip_batch"):
+        for name in ("vae_steps", "siglip_steps", "vae_batch", "siglip_batch", "vae_decoder_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.vae_decoder_steps != 0 and self.vae_decoder_steps < 40:
+            raise ValueError(f"vae_decoder_steps must be 0 (off) or at least 40, got {self.vae_decoder_steps}")
         for name in ("siglip_dense_weight", "siglip_object_weight", "siglip_relation_weight"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
@@ -205,6 +211,9 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     if main_proc and not (vae_dir / "config.json").exists():
         vae_model = train_vae(recipe.vae_steps, batch=recipe.vae_batch, seed=recipe.seed, channels=recipe.vae_channels,
                               progress=progress, log=log)
+        if recipe.vae_decoder_steps:
+            vae_model = finetune_decoder(vae_model, recipe.vae_decoder_steps, batch=recipe.vae_decoder_batch,
+                                         seed=recipe.seed, progress=progress, log=log)
         vae_model.save_pretrained(vae_dir)
     if acc.process_index == vit_rank and not vit_path.exists():
         vit = pretrain_siglip(cfg.siglip, tokenizer, recipe.siglip_steps, batch=recipe.siglip_batch, seed=recipe.seed,
