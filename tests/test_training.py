@@ -658,3 +658,12 @@ def test_finetune_decoder_trains_the_decoder_on_whole_images_and_leaves_the_late
     assert recon_error() < 0.7 * err0
     with pytest.raises(ValueError, match="at least 40"):
         finetune_decoder(vae, 10, progress=False)
+
+
+def test_recipe_decoder_pass_is_on_by_default_and_refuses_too_few_steps():
+    from janusflow_core.training.shapes_recipe import Recipe
+
+    assert Recipe().vae_decoder_steps >= 40
+    replace(Recipe(), vae_decoder_steps=0).validate()  # off is allowed
+    with pytest.raises(ValueError, match="vae_decoder_steps must be 0 \\(off\\) or at least 40, got 10"):
+        replace(Recipe(), vae_decoder_steps=10).validate()

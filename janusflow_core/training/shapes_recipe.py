@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .data import build_generation_pool, build_understanding_pool, task_cycle
 from .encoder_pretrain import pretrain_siglip
 from .trainer import Trainer, make_accelerator
-from .vae_train import finetune_decoder, train_vae
+from .vae_train import MIN_DECODER_STEPS, finetune_decoder, train_vae
 
 IMAGE_SIZE = 64
 
@@ -149,8 +149,9 @@ class Recipe:
         for name in ("vae_steps", "siglip_steps", "vae_batch", "siglip_batch", "vae_decoder_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.vae_decoder_steps != 0 and self.vae_decoder_steps < 40:
-            raise ValueError(f"vae_decoder_steps must be 0 (off) or at least 40, got {self.vae_decoder_steps}")
+        if self.vae_decoder_steps != 0 and self.vae_decoder_steps < MIN_DECODER_STEPS:
+            raise ValueError(f"vae_decoder_steps must be 0 (off) or at least {MIN_DECODER_STEPS}, "
+                             f"got {self.vae_decoder_steps}")
         for name in ("siglip_dense_weight", "siglip_object_weight", "siglip_relation_weight"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")

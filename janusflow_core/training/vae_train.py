@@ -4,6 +4,8 @@ frozen; the published model borrows SDXL's, we train one on the shapes world).
 MSE + L1 reconstruction + a tiny KL term on freshly rendered scenes; afterwards the latent
 ``scaling_factor`` = 1 / std of the posterior means is stored in the VAE's config, so scaled latents have
 unit variance as the rectified flow assumes.
+``finetune_decoder`` then trains the decoder alone on whole images (``train_vae`` sees only crops), the
+latent space left as it is.
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ def random_crops(x: torch.Tensor, size: int, rng: random.Random) -> torch.Tensor
     return torch.stack(out)
 
 
+def reconstruction_errors(recon: torch.Tensor, x: torch.Tensor, fg_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted MSE and L1 of ``recon`` against ``x`` (B, 3, H, W) in [-1, 1]; pixels of objects (not white)
+    weigh ``1 + fg_weight``, since the background would otherwise dominate."""
+    w = 1 + fg_weight * (x < 0.9).any(dim=1, keepdim=True).float()  # (B, 1, H, W)
+    err = recon - x
+    return (w * err.pow(2)).mean() / w.mean(), (w * err.abs()).mean() / w.mean()
+
+
+MIN_DECODER_STEPS = 40  # finetune_decoder's one-cycle schedule needs a warm-up (5 %) of at least one step
+
+
 def train_vae(steps: int, batch: int = 32, lr: float = 2e-3, kl_weight: float = 1e-6, l1_weight: float = 1.0,
               fg_weight: float = 4.0, seed: int = 0, crop: int = 32, channels: tuple[int, ...] = (16, 32, 32),
               progress: bool = True, log: list | None = None) -> AutoencoderKL:
@@ -62,11 +75,9 @@ def train_vae(steps: int, batch: int = 32, lr: float = 2e-3, kl_weight: float = 
         x = random_crops(random_images(rng, batch), crop, rng)
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
-        w = 1 + fg_weight * (x < 0.9).any(dim=1, keepdim=True).float()  # (B, 1, H, W)
-        err = recon - x
-        mse = (w * err.pow(2)).mean() / w.mean()
+        mse, l1 = reconstruction_errors(recon, x, fg_weight)
         kl = post.kl().mean() / x[0].numel()
-        loss = mse + l1_weight * (w * err.abs()).mean() / w.mean() + kl_weight * kl
+        loss = mse + l1_weight * l1 + kl_weight * kl
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
@@ -90,9 +101,9 @@ def finetune_decoder(vae: AutoencoderKL, steps: int, batch: int = 16, lr: float 
     ``scaling_factor``) frozen. ``train_vae`` trains on crops, where no pixel is ever at the image border;
     a decoder trained so can draw stray lines along the border of a whole image, which the scorer counts
     as malformed objects. Same reconstruction loss as ``train_vae``, from posterior samples.
-    ``steps`` must be at least 40 (the one-cycle schedule's warm-up is 5 % of it)."""
-    if steps < 40:
-        raise ValueError(f"finetune_decoder: steps must be at least 40, got {steps}")
+    ``steps`` must be at least ``MIN_DECODER_STEPS``."""
+    if steps < MIN_DECODER_STEPS:
+        raise ValueError(f"finetune_decoder: steps must be at least {MIN_DECODER_STEPS}, got {steps}")
     torch.manual_seed(seed)
     rng = random.Random(f"vae-decoder:{seed}")
     vae.requires_grad_(False)
@@ -108,10 +119,8 @@ def finetune_decoder(vae: AutoencoderKL, steps: int, batch: int = 16, lr: float 
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
         recon = vae.decode(z).sample
-        w = 1 + fg_weight * (x < 0.9).any(dim=1, keepdim=True).float()
-        err = recon - x
-        mse = (w * err.pow(2)).mean() / w.mean()
-        loss = mse + l1_weight * (w * err.abs()).mean() / w.mean()
+        mse, l1 = reconstruction_errors(recon, x, fg_weight)
+        loss = mse + l1_weight * l1
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
