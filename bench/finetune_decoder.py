@@ -46,11 +46,7 @@ def main() -> None:
     t0 = time.time()
     log: list = []
     finetune_decoder(vae, args.steps, batch=args.batch, seed=args.seed, log=log)
-    # weights only: the config (latent scaling included) is the source's
-    vae.save_pretrained(out / "vae-new")
-    name = "diffusion_pytorch_model.safetensors"
-    shutil.move(out / "vae-new" / name, out / "vae" / name)
-    shutil.rmtree(out / "vae-new")
+    vae.save_pretrained(out / "vae")  # the config is the source's (the latent scaling included)
     print(f"{args.steps} decoder steps in {time.time() - t0:.0f} s, last mse {log[-1]['mse']:.5f}; model in {out}")
 
 
