@@ -1,0 +1,65 @@
+"""The one set of limits on what a user may ask for, and the checks that enforce them.
+
+The pipelines, the CLI and the app all read these, so a value refused in one place is refused with
+the same words everywhere. Each check raises :class:`InputError` (a ``ValueError``) whose message
+names the field, the value given and what is allowed; entry points print it as one line (CLI) or
+show it as a refusal (app, API).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+STEPS = (1, 100)  # Euler/Heun steps per image; the paper's demo uses 30
+IMAGES = (1, 8)  # images per request
+SEED = (0, 2**31 - 1)  # image k uses seed + k; kept exact as a JSON / browser number
+GUIDANCE = (0.0, 10.0)  # CFG weight w; 1 is conditional only, 0 unconditional only
+TEMPERATURE = (0.0, 2.0)  # 0 = greedy
+TOP_P = (0.01, 1.0)
+MAX_NEW_TOKENS = (1, 4096)
+MAX_MESSAGE_CHARS = 4000  # one chat message, before tokenising (the token limit is checked after)
+MAX_IMAGES_PER_MESSAGE = 4
+MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000; the model sees 384 x 384 anyway
+
+
+class InputError(ValueError):
+    """A value a user gave is not allowed; the message says what was wrong and what is allowed."""
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_number(name: str, value: Any, bounds: tuple[float, float], *, integer: bool = False) -> float | int:
+    """``value`` as a number within ``bounds`` (inclusive), else an InputError naming ``name``.
+
+    Accepts ints, floats and numeric strings (as typed in a form or a JSON file); refuses bools,
+    NaN, infinities and, with ``integer``, fractions.
+    """
+    low, high = bounds
+    allowed = f"{'a whole number' if integer else 'a number'} from {low:g} to {high:g}"
+    if isinstance(value, bool) or value is None:
+        raise InputError(f"{name} must be {allowed}, got {_describe(value)}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name} must be {allowed}, got {_describe(value)}") from None
+    if math.isnan(number) or not low <= number <= high:
+        raise InputError(f"{name} must be {allowed}, got {_describe(value)}")
+    if integer:
+        if number != int(number):
+            raise InputError(f"{name} must be {allowed}, got {_describe(value)}")
+        if isinstance(value, int):
+            return int(value)
+        return int(number)
+    return number
+
+
+def check_choice(name: str, value: Any, choices: Any) -> str:
+    """``value`` if it is one of ``choices`` (strings), else an InputError listing them."""
+    options = list(choices)
+    if not isinstance(value, str) or value not in options:
+        raise InputError(f"{name} must be one of {', '.join(options)}; got {_describe(value)}")
+    return value
