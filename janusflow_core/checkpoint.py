@@ -235,8 +235,11 @@ def load_pretrained(path_or_id: str | Path | None = None, *, device: str | torch
         finally:
             hf_logging.set_verbosity(level)
         if processor.num_image_tokens != config.num_und_tokens:
+            s = config.siglip
             raise CheckpointError(f"processor_config.json says num_image_tokens={processor.num_image_tokens} "
-                                  f"but the understanding encoder makes {config.num_und_tokens} tokens")
+                                  f"but the understanding encoder makes {config.num_und_tokens} tokens; allowed: "
+                                  f"(image_size // patch_size)^2 = ({s.image_size} // {s.patch_size})^2 = "
+                                  f"{config.num_und_tokens} (the official model fails on a mismatch too)")
     vae_model = None
     if with_vae:
         from .vae import VAE

@@ -57,11 +57,14 @@ def test_sizes_that_do_not_fit_name_the_field():
     from dataclasses import replace
 
     cfg = tiny()
-    with pytest.raises(ValueError, match="gen_latent_size 9 does not tile"):
+    # 9 floors to a 4x4 grid, which the x2 decoder turns into 8x8: the velocity could not update a 9x9 latent
+    with pytest.raises(ValueError, match=r"gen_latent_size 9 does not come back .* = 4, .* give back 8, not 9"
+                                         r".*allowed gen_latent_size values for this geometry: 2, 4, 6, 8"):
         replace(cfg, gen_latent_size=9)
     with pytest.raises(ValueError, match="gen_enc.hidden_size 32 must equal llm.hidden_size 64"):
         replace(cfg, gen_enc=replace(cfg.gen_enc, hidden_size=32))
-    with pytest.raises(ValueError, match="does not give back gen_latent_size"):
+    with pytest.raises(ValueError, match=r"gen_latent_size 8 does not come back .* give back 4, not 8.*no latent "
+                                         r"side comes back from this geometry"):
         replace(cfg, gen_enc=replace(cfg.gen_enc, kernel_size=4, stride=4))
 
 

@@ -52,7 +52,7 @@ class JanusFlowModel(nn.Module):
         super().__init__()
         self.config = config
         d = config.llm.hidden_size
-        enc_width = config.gen_enc.block_out_channels[-1]
+        enc_width = config.gen_enc_width
         self.vision_und_enc_model = UnderstandingEncoder(config.siglip)
         self.vision_und_enc_aligner = nn.Linear(config.siglip.width, d)
         self.beg_of_und_embed = nn.Parameter(torch.zeros(1, d))
@@ -120,8 +120,8 @@ class JanusFlowModel(nn.Module):
     def decode_tokens(self, hidden: torch.Tensor, skip: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """LLM outputs at the image positions (R, G, D) -> velocity (R, C, h, w)."""
         x = self.vision_gen_dec_aligner(self.vision_gen_dec_aligner_norm(hidden))  # (R, G, C_dec)
-        r, g = x.shape[0], self.config.gen_grid
-        x = x.transpose(1, 2).reshape(r, -1, g, g)  # (R, C_dec, g, g)
+        gh, gw = skip.shape[-2:]  # the encoder's grid, as the conv arithmetic made it
+        x = x.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)  # (R, C_dec, g, g)
         return self.vision_gen_dec_model(x, skip, t_emb)
 
     def prepare_prompt(self, tokens: torch.Tensor, attention_mask: torch.Tensor,
