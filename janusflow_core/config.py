@@ -14,16 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# SigLIP towers known by name (the official code keeps the same table). Other towers can be given
-# explicitly, e.g. the parity fixtures' tiny ones (``fixture_meta.json: siglip_table_entry``).
+# SigLIP towers known by name: the official table (its so400m "384" entry says 336), plus a 256 px
+# large tower of ours. Other towers can be given explicitly, e.g. the parity fixtures' tiny ones
+# (``fixture_meta.json: siglip_table_entry``). The image side the tower is built for is NOT taken from
+# here: it is ``vision_und_enc_config.params.image_size`` (official default 336 when absent).
 SIGLIP_TABLE: dict[str, dict[str, Any]] = {
     "siglip_large_patch16_384": {"image_size": 384, "patch_size": 16, "width": 1024, "layers": 24,
                                  "heads": 16, "mlp_ratio": 4},
     "siglip_large_patch16_256": {"image_size": 256, "patch_size": 16, "width": 1024, "layers": 24,
                                  "heads": 16, "mlp_ratio": 4},
-    "siglip_so400m_patch14_384": {"image_size": 384, "patch_size": 14, "width": 1152, "layers": 27,
+    "siglip_so400m_patch14_384": {"image_size": 336, "patch_size": 14, "width": 1152, "layers": 27,
+                                  "heads": 16, "mlp_ratio": 3.7362},
+    "siglip_so400m_patch14_224": {"image_size": 224, "patch_size": 14, "width": 1152, "layers": 27,
                                   "heads": 16, "mlp_ratio": 3.7362},
 }
+# Constructor defaults of the official CLIPVisionTower for keys a config.json leaves out.
+OFFICIAL_UND_DEFAULTS: dict[str, Any] = {"model_name": "siglip_large_patch16_384", "image_size": 336,
+                                         "select_layer": -2}
 
 # Extra top-level key under which our own checkpoints store what the official config does not carry.
 EXTRA_KEY = "janusflow_core"
@@ -251,7 +258,9 @@ class JanusFlowConfig:
                 f"floor(({n} + 2*{e.padding} - {e.kernel_size}) / {e.stride}) + 1 = {self.gen_grid}, and "
                 f"{DEC_KEY}.upsamples {dec.upsamples} pixel-shuffle x{dec.patch_size} stage(s) give back "
                 f"{self.gen_dec_out_side}, not {n}, so the velocity would not have the latent's shape (the official "
-                f"sampling loop fails the same way); {allowed}")
+                f"sampling loop fails the same way); {allowed} (the latent side is not in the official "
+                f"config.json: it comes from {EXTRA_KEY}.gen_latent_size, the gen_latent_size argument of the "
+                "loader, or else 48, the official demo's 384 px / 8)")
 
     # -- official config.json --------------------------------------------------------------------
     @classmethod
@@ -275,17 +284,18 @@ class JanusFlowConfig:
             max_position_embeddings=lc.get("max_position_embeddings", 2048),
             rms_norm_eps=lc.get("rms_norm_eps", 1e-6), rope_theta=lc.get("rope_theta", 10000.0),
         )
-        name = und.get("model_name", "siglip_large_patch16_384")
+        name = und.get("model_name", OFFICIAL_UND_DEFAULTS["model_name"])
         entry = siglip_entry or extra.get("siglip") or SIGLIP_TABLE.get(name)
         if entry is None:
             raise ValueError(f"unknown SigLIP model_name {name!r}: known are {sorted(SIGLIP_TABLE)}; "
                              "pass its dimensions (image_size, patch_size, width, layers, heads, mlp_ratio)")
         siglip = SigLIPConfig(
             model_name=name,
-            image_size=_square_side(und.get("image_size", entry["image_size"]), f"{UND_KEY}.image_size"),
+            image_size=_square_side(und.get("image_size", OFFICIAL_UND_DEFAULTS["image_size"]),
+                                    f"{UND_KEY}.image_size"),
             patch_size=entry["patch_size"], width=entry["width"], layers=entry["layers"],
             heads=entry["heads"], mlp_ratio=entry.get("mlp_ratio", 4.0),
-            select_layer=und.get("select_layer", -1),
+            select_layer=und.get("select_layer", OFFICIAL_UND_DEFAULTS["select_layer"]),
         )
         gen_enc = GenEncoderConfig(**_official_params(enc, OFFICIAL_ENC_DEFAULTS, ENC_KEY),
                                    ffn_factor=extra.get("gen_enc_ffn_factor", OFFICIAL_FFN_FACTOR))

@@ -318,3 +318,15 @@ def test_use_bias_false_builds_the_official_parameters():
     assert enc + "in_conv.bias" in keys  # the official in_conv always has one
     assert enc + "time_embed.linear_1.bias" not in keys and enc + "time_embed.linear_2.bias" not in keys
     assert enc + "mid_block.res_blocks.0.depthwise.bias" not in keys
+
+
+def test_understanding_keys_left_out_take_the_official_tower_defaults():
+    cfg = official_config(BASE)
+    cfg["vision_und_enc_config"]["params"] = {"model_name": "siglip_so400m_patch14_384"}
+    c = JanusFlowConfig.from_official_dict(cfg, gen_latent_size=BASE.latent)
+    # CLIPVisionTower defaults: image_size 336, select_layer -2 (27 + (-2) + 1 = 26 blocks built);
+    # the so400m tower has 14 px patches: 336 // 14 = 24, 576 tokens.
+    assert (c.siglip.image_size, c.siglip.patch_size, c.siglip.width) == (336, 14, 1152)
+    assert (c.siglip.depth, c.siglip.grid, c.num_und_tokens) == (26, 24, 576)
+    cfg["vision_und_enc_config"]["params"]["image_size"] = 384  # 384 // 14 = 27 (6 px dropped), 729 tokens
+    assert JanusFlowConfig.from_official_dict(cfg, gen_latent_size=BASE.latent).num_und_tokens == 729
