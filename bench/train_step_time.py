@@ -3,7 +3,7 @@
 Each setting trains a fresh shapes model (random init, the shipped model's tokenizer and VAE) for
 ``--warmup`` steps, then times ``--steps`` more, with one process's share of a recipe stage's global batch
 (the recipe runs two processes). It answers "does bf16 autocast pay on this CPU?" and "how fast is this
-machine against the one the README's figures came from?" without a full training run.
+machine against the one the docs' figures came from?" without a full training run.
 
     python -m bench.train_step_time --precision no --precision bf16 [--stage 2] [--threads 1] \
         [--llm-hidden 192] [--llm-layers 6] [--out bench/results/train-step-time.jsonl]

@@ -9,7 +9,7 @@ appends one JSON line with, for every seed S, ``geneval_seedS`` and ``chance_see
 the step count each stage's log reached. ``--set key=value`` adds fields that name the arm (the value is
 read as JSON when it parses, else kept as text). The rows of ``studies/results/repa-weight-dense-vit.jsonl``
 have this form. Scoring runs at the model's recommended sampling settings, on the CPU in fp32, the way the
-README's numbers are measured.
+docs/training.md's numbers are measured.
 """
 
 from __future__ import annotations

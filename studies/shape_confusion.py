@@ -4,7 +4,7 @@
 
 For each prompt and CFG weight, 48 images (seeds 1000-1047) are sorted by what the scorer detects: one
 well-formed object of each shape, "nothing", "N objects" (all well formed), or "malformed" (the blank grey
-canvases of docs/training-results.md fall here). Tells a shape-identity problem (a crisp square for "a
+canvases that guidance left on early models fall here). Tells a shape-identity problem (a crisp square for "a
 circle") from a silhouette problem (a blob on the wrong side of the fill-ratio thresholds).
 """
 
