@@ -21,13 +21,14 @@ test: setup
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check janusflow_core app tests bench app.py
+	$(VENV)/bin/ruff check janusflow_core app tests bench studies app.py
 
 conformance: setup
 	$(PY) -m janusflow_core.conformance ../shared/fixtures/official-tiny-a out/conformance-a.safetensors
 
+# the core benchmark: the 1.3B architecture with random weights (docs/benchmarks.md; ARGS="--dtype fp32 ...")
 bench: setup
-	$(PY) bench/bench_core.py
+	$(PY) -m bench.bench_core $(ARGS)
 
 # two CPU processes (DDP over gloo), one thread each: how the shipped model was trained
 train: setup

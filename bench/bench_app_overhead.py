@@ -12,7 +12,7 @@ UI overhead = (decode + sheet + png) / step. Unless ``--no-api``, the same runs 
 launched app and gradio_client (queue, Gradio's per-yield work, server-sent events): API overhead =
 (streamed run - the same run without previews) / the run without previews.
 
-    python bench/bench_app_overhead.py [--model DIR] [--steps 30] [--images 1 4] [--threads N] [--no-api]
+    python -m bench.bench_app_overhead [--model DIR] [--steps 30] [--images 1 4] [--threads N] [--no-api]
 
 Without ``--model`` it uses the embedded model (assets/janusflow-shapes) or, when that is missing, a
 tiny random model built on the fly (the table says which).
@@ -23,22 +23,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import gradio as gr
+import torch
 
-import gradio as gr  # noqa: E402
-import torch  # noqa: E402
-
-from app.display import grid  # noqa: E402
-from app.engine import Engine, Loaded  # noqa: E402
-from app.generate import preview_images  # noqa: E402
-from janusflow_core.checkpoint import DEFAULT_MODEL  # noqa: E402
+from app.display import grid
+from app.engine import Engine, Loaded
+from app.generate import preview_images
+from janusflow_core.checkpoint import DEFAULT_MODEL
 
 MODES = ("x1", "x1-fast")
 

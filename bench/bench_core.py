@@ -7,7 +7,7 @@ Measures, in one run so that the ratios are comparable on a noisy machine:
   * understanding prefill (1 image + a question) and decode tokens/s against a bandwidth bound;
   * peak resident memory.
 
-    python bench/bench_core.py [--dtype bf16] [--images 1] [--repeats 3] [--out bench/results/core.json]
+    python -m bench.bench_core [--dtype bf16] [--images 1] [--repeats 3] [--out bench/results/core.json]
 """
 
 from __future__ import annotations
@@ -16,18 +16,15 @@ import argparse
 import json
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from janusflow_core.config import PRESETS  # noqa: E402
-from janusflow_core.modeling import JanusFlowModel  # noqa: E402
-from janusflow_core.sampling import cfg  # noqa: E402
-from janusflow_core.testing import random_full_model  # noqa: E402
+from janusflow_core.config import PRESETS
+from janusflow_core.modeling import JanusFlowModel
+from janusflow_core.sampling import cfg
+from janusflow_core.testing import random_full_model
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> float:

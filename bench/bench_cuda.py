@@ -17,8 +17,8 @@ The fp32 reference runs without TF32 (matmuls and cuDNN convolutions). Every sec
 try/except: a failure is recorded (error + traceback) in the report and the run goes on. Sections not
 started once ``--budget-s`` seconds have passed are recorded as skipped (fp32 speed runs last).
 
-    python bench/bench_cuda.py [--preset janusflow-1.3b] [--device cuda] [--out bench/results/cuda.json]
-    python bench/bench_cuda.py --device cpu --preset tiny --out /tmp/cuda-smoke.json   # smoke test
+    python -m bench.bench_cuda [--preset janusflow-1.3b] [--device cuda] [--out bench/results/cuda.json]
+    python -m bench.bench_cuda --device cpu --preset tiny --out /tmp/cuda-smoke.json   # smoke test
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import resource
-import sys
 import tempfile
 import time
 import traceback
@@ -42,12 +41,10 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is random or local: never reach the hub
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from safetensors import safe_open  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
 
 try:  # the project (and diffusers, which its pipelines need): a failure here still gives a report
     from janusflow_core.checkpoint import JanusFlowBundle, load_pretrained, save_pretrained

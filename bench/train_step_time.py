@@ -3,9 +3,9 @@
 Each setting trains a fresh shapes model (random init, the shipped model's tokenizer and VAE) for
 ``--warmup`` steps, then times ``--steps`` more, with one process's share of a recipe stage's global batch
 (the recipe runs two processes). It answers "does bf16 autocast pay on this CPU?" and "how fast is this
-machine against the one the README's figures came from?" without a full training run.
+machine against the one the docs' figures came from?" without a full training run.
 
-    python bench/train_step_time.py --precision no --precision bf16 [--stage 2] [--threads 1] \
+    python -m bench.train_step_time --precision no --precision bf16 [--stage 2] [--threads 1] \
         [--llm-hidden 192] [--llm-layers 6] [--out bench/results/train-step-time.jsonl]
 """
 
@@ -23,13 +23,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from janusflow_core.modeling import JanusFlowModel  # noqa: E402
-from janusflow_core.training.data import build_generation_pool, build_understanding_pool  # noqa: E402
-from janusflow_core.training.shapes_recipe import Recipe, build_processor  # noqa: E402
-from janusflow_core.training.trainer import Trainer  # noqa: E402
-from janusflow_core.vae import VAE  # noqa: E402
+from janusflow_core.modeling import JanusFlowModel
+from janusflow_core.training.data import build_generation_pool, build_understanding_pool
+from janusflow_core.training.shapes_recipe import Recipe, build_processor
+from janusflow_core.training.trainer import Trainer
+from janusflow_core.vae import VAE
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "janusflow-shapes"
 
@@ -98,7 +96,8 @@ def main() -> None:
         common += ["--llm-layers", str(args.llm_layers)] if args.llm_layers else []
         common += ["--out", str(args.out)] if args.out else []
         for precision in precisions:
-            subprocess.run([sys.executable, __file__, *common, "--precision", precision], check=True)
+            itself = ["-m", __spec__.name] if __spec__ else [__file__]  # as it was started
+            subprocess.run([sys.executable, *itself, *common, "--precision", precision], check=True)
         return
     torch.set_num_threads(args.threads)
     row = {**step_time(precisions[0], args.stage, args.processes, args.warmup, args.steps, args.model,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
-from types import ModuleType
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -41,10 +39,3 @@ def require_shared(path: Path) -> Path:
         pytest.skip(f"{path} not found (shared/ is expected beside the repo root)")
     return path
 
-
-def load_bench(name: str) -> ModuleType:
-    """A script of bench/ (not a package) as a module, e.g. ``load_bench("binding")``."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

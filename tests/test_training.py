@@ -559,7 +559,7 @@ def test_snapshots_reach_the_callback(setup, tmp_path):
 @pytest.mark.skipif(not (SHIPPED / "config.json").exists(), reason="assets/janusflow-shapes not trained yet")
 def test_shipped_model_reaches_its_floor():
     """50 questions and 24 prompts (4 per task), fixed seeds; floors a little below what the model scores
-    (docs/training-results.md), so that a broken export, processor or sampler is caught."""
+    (docs/training.md), so that a broken export, processor or sampler is caught."""
     from janusflow_core.evaluation import benchmarks
 
     torch.set_num_threads(2)

@@ -17,7 +17,7 @@ With ``object_weight`` > 0 a third, hard-label loss is added: every patch names 
 weighs a patch's shape label by the fraction of its pixels the object fills, so the edge patches of a
 small object, where circles, squares and triangles differ, say little; here every patch touching an
 object must know all of it, which needs the context of its neighbours. On a linear probe of object
-shape from the patch features (``bench/vit_probe.py``) it took the ViT from 0.87 to 0.99 at step 1 000
+shape from the patch features (``studies/vit_probe.py``) it took the ViT from 0.87 to 0.99 at step 1 000
 of a 2 000-step schedule; the recipe's 2 000-step ViT probes at 0.996, the fifth model's at 0.795.
 """
 

@@ -10,7 +10,7 @@
 5. the EMA weights exported in the official layout with processor, VAE and ``sampling.json``.
 Intermediate results live in ``--work`` (with EMA snapshots for score-vs-time plots, see
 ``training.report``); rerunning the command resumes where it stopped. The measured run is in
-docs/training-results.md.
+docs/training.md.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Recipe:
     # understanding sample); processor_config.json records it, so chat uses the same
     system_prompt: str = ""
     # batches are global (split over the processes). Stages 2 and 3 use small batches for many steps: at
-    # equal wall time on a GPU, 4x the batch for 0.8x the steps scored no better (docs/training-results.md),
+    # equal wall time on a GPU, 4x the batch for 0.8x the steps scored no better (docs/training.md),
     # and on a CPU a step costs in proportion to its batch
     stages: tuple[TrainConfig, ...] = field(default_factory=lambda: (
         TrainConfig(stage=1, steps=60, lr=1e-3, warmup_steps=20, batch_und=8, batch_gen=32, batch_text=2,

@@ -1,7 +1,7 @@
 """How well the understanding ViT's patch features know each object's shape and colour: linear probes.
 
-    python bench/vit_probe.py --model assets/janusflow-shapes
-    python bench/vit_probe.py --model assets/janusflow-shapes --vit runs/janusflow-shapes-v11/siglip.pt
+    python -m studies.vit_probe --model assets/janusflow-shapes
+    python -m studies.vit_probe --model assets/janusflow-shapes --vit runs/janusflow-shapes-v11/siglip.pt
 
 For 3 000 scenes of a held-out stream (about 7 400 objects), an object's feature is the mean of the final
 patch features over the patches its bounding box touches. A linear classifier is fitted on three quarters
@@ -13,8 +13,8 @@ answering questions and REPA steering generation. ``--vit`` swaps in a pre-train
 (``encoder_pretrain.pretrain_siglip`` at the recipe's batch, its default lr, seed 0) and the given loss
 weights, then probes it:
 
-    python bench/vit_probe.py --pretrain-steps 2000 --object-weight 0   # SigLIP + dense loss only
-    python bench/vit_probe.py --pretrain-steps 2000 --object-weight 1   # + the per-patch object loss
+    python -m studies.vit_probe --pretrain-steps 2000 --object-weight 0   # SigLIP + dense loss only
+    python -m studies.vit_probe --pretrain-steps 2000 --object-weight 1   # + the per-patch object loss
 """
 
 from __future__ import annotations
@@ -22,23 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from janusflow_core import load_pretrained  # noqa: E402
-from janusflow_core.shapes import render, sample_scene  # noqa: E402
-from janusflow_core.shapes.world import CANVAS, COLORS, SHAPES, Obj  # noqa: E402
-from janusflow_core.training.data import to_pixel_values  # noqa: E402
-from janusflow_core.training.encoder_pretrain import pretrain_siglip  # noqa: E402
-from janusflow_core.training.shapes_recipe import Recipe  # noqa: E402
+from janusflow_core import load_pretrained
+from janusflow_core.shapes import render, sample_scene
+from janusflow_core.shapes.world import CANVAS, COLORS, SHAPES, Obj
+from janusflow_core.training.data import to_pixel_values
+from janusflow_core.training.encoder_pretrain import pretrain_siglip
+from janusflow_core.training.shapes_recipe import Recipe
 
 
 def box_patches(o: Obj, grid: int) -> list[int]:

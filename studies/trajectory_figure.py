@@ -1,6 +1,6 @@
 """A figure of denoising trajectories: one row per (CFG weight, seed), one column per third step.
 
-    python bench/trajectory_figure.py --prompt "a triangle" --cfg 1 --cfg 3 --seeds 3 5 6 \
+    python -m studies.trajectory_figure --prompt "a triangle" --cfg 1 --cfg 3 --seeds 3 5 6 \
         --out docs/trajectories-a-triangle.png
 
 Each tile is the predicted clean image x1_hat = z_t + (1 - t) v decoded by the VAE (what the app's

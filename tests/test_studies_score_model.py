@@ -1,4 +1,4 @@
-"""bench/score_model.py: the ablation rows of bench/results are built by it, so its fields must mean what
+"""studies/score_model.py: the ablation rows of studies/results are built by it, so its fields must mean what
 they say."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_bench
+
+from studies import score_model as sm
 
 
 def test_stage_steps_and_fields_are_read_from_a_work_folder(tmp_path):
-    sm = load_bench("score_model")
     for stage, steps in ((1, [10, 60]), (2, [10, 20, 5171]), (3, [3457])):
         d = tmp_path / f"stage{stage}"
         d.mkdir()
@@ -26,7 +26,6 @@ def test_stage_steps_and_fields_are_read_from_a_work_folder(tmp_path):
 
 
 def test_score_model_row_on_the_shipped_model(tmp_path):
-    sm = load_bench("score_model")
     out = tmp_path / "rows.jsonl"
     row = sm.main(["--per-task", "1", "--n", "8", "--seeds", "0", "--confusion-images", "2",
                    "--set", "repa_weight=0.5", "--threads", "1", "--out", str(out)])

@@ -1,11 +1,10 @@
-"""bench/binding.py: its rates are the evidence for the "bag of words" reading of the two-object tasks, so
+"""studies/binding.py: its rates are the evidence for the "bag of words" reading of the two-object tasks, so
 each count must mean what its name says. Checked on scenes drawn by the world's own renderer."""
 
 from __future__ import annotations
 
-from conftest import load_bench
-
 from janusflow_core.shapes.world import Obj, Scene, render
+from studies import binding as b
 
 
 def _image(*objects):
@@ -13,7 +12,6 @@ def _image(*objects):
 
 
 def test_tally_tells_sets_from_bindings():
-    b = load_bench("binding")
     prompt = "a red square and a blue circle"
     right = _image(("square", "red", 15, 20), ("circle", "blue", 45, 40))
     swapped = _image(("square", "blue", 15, 20), ("circle", "red", 45, 40))
@@ -32,7 +30,6 @@ def test_tally_tells_sets_from_bindings():
 
 
 def test_summarise_rates_only_over_two_object_images():
-    b = load_bench("binding")
     rows = [{}, {"shapes": True, "bound": True}, {"shapes": True, "bound": False}, {"shapes": False}]
     s = b.summarise(rows)
     assert s["images"] == 4 and s["two_objects"] == 3

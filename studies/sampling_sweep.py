@@ -1,7 +1,7 @@
 """shapes-geneval of one model under several sampling settings (the paper's appendix C tables, at toy scale).
 
-    python bench/sampling_sweep.py --model assets/janusflow-shapes --per-task 24 --seed 7 \
-        --setting cfg=1 --setting cfg=2 --setting cfg=3 --setting cfg=3,from=0.5 --out bench/results/sweep.jsonl
+    python -m studies.sampling_sweep --model assets/janusflow-shapes --per-task 24 --seed 7 \
+        --setting cfg=1 --setting cfg=2 --setting cfg=3 --setting cfg=3,from=0.5 --out studies/results/sweep.jsonl
 
 A setting is comma-separated ``key=value`` pairs: ``cfg`` (guidance weight, default the model's), ``steps``
 (default the model's), ``sampler`` (euler or heun) and ``from`` / ``to``: guidance applied only while

@@ -1,31 +1,28 @@
 """Score one trained model for an ablation table: geneval and VQA on several seeds, plus shape confusion.
 
-    python bench/score_model.py --model runs/janusflow-shapes-v6-export --work runs/janusflow-shapes-v6 \
-        --set repa_weight=0 --out bench/results/repa-weight-dense-vit.jsonl
+    python -m studies.score_model --model runs/janusflow-shapes-v6-export --work runs/janusflow-shapes-v6 \
+        --set repa_weight=0 --out studies/results/repa-weight-dense-vit.jsonl
 
 appends one JSON line with, for every seed S, ``geneval_seedS`` and ``chance_seedS`` (the per-task scores),
 ``vqa_seedS`` and ``vqa_per_form_seedS``; ``yes_rate`` (one value per seed); ``shape_confusion_cfgW``
-(what ``bench/shape_confusion.py`` counts for "a circle", "a square", "a triangle"); and, with ``--work``,
+(what ``studies/shape_confusion.py`` counts for "a circle", "a square", "a triangle"); and, with ``--work``,
 the step count each stage's log reached. ``--set key=value`` adds fields that name the arm (the value is
-read as JSON when it parses, else kept as text). The rows of ``bench/results/repa-weight-dense-vit.jsonl``
+read as JSON when it parses, else kept as text). The rows of ``studies/results/repa-weight-dense-vit.jsonl``
 have this form. Scoring runs at the model's recommended sampling settings, on the CPU in fp32, the way the
-README's numbers are measured.
+docs/training.md's numbers are measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.shape_confusion import confusion  # noqa: E402
-from janusflow_core import GenerationPipeline, load_pretrained  # noqa: E402
-from janusflow_core.evaluation import benchmarks  # noqa: E402
+from janusflow_core import GenerationPipeline, load_pretrained
+from janusflow_core.evaluation import benchmarks
+from studies.shape_confusion import confusion
 
 
 def stage_steps(work: Path) -> dict[str, int]:

@@ -1,10 +1,10 @@
 """What a model draws for the one-object prompts "a circle", "a square", "a triangle".
 
-    python bench/shape_confusion.py --model assets/janusflow-shapes --cfg 1 --cfg 3
+    python -m studies.shape_confusion --model assets/janusflow-shapes --cfg 1 --cfg 3
 
 For each prompt and CFG weight, 48 images (seeds 1000-1047) are sorted by what the scorer detects: one
 well-formed object of each shape, "nothing", "N objects" (all well formed), or "malformed" (the blank grey
-canvases of docs/training-results.md fall here). Tells a shape-identity problem (a crisp square for "a
+canvases that guidance left on early models fall here). Tells a shape-identity problem (a crisp square for "a
 circle") from a silhouette problem (a blob on the wrong side of the fill-ratio thresholds).
 """
 
@@ -13,16 +13,12 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from janusflow_core import GenerationPipeline, load_pretrained  # noqa: E402
-from janusflow_core.evaluation.scoring import detect  # noqa: E402
-from janusflow_core.shapes.world import SHAPES  # noqa: E402
+from janusflow_core import GenerationPipeline, load_pretrained
+from janusflow_core.evaluation.scoring import detect
+from janusflow_core.shapes.world import SHAPES
 
 
 def outcome(image) -> str:

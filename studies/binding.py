@@ -1,6 +1,6 @@
 """Does the model bind words to objects, or draw the prompt as a bag of words?
 
-    python bench/binding.py --model assets/janusflow-shapes --per-task 48
+    python -m studies.binding --model assets/janusflow-shapes --per-task 48
 
 For the three geneval tasks that name two different objects (two_object, position, color_attr) it draws
 the benchmark's prompts (same prompts and seeds as ``geneval --seed S``) and, among the images that hold
@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from janusflow_core.evaluation import benchmarks  # noqa: E402
-from janusflow_core.evaluation.scoring import detect  # noqa: E402
-from janusflow_core.shapes.prompts import parse_prompt  # noqa: E402
-from janusflow_core.shapes.world import holds  # noqa: E402
+from janusflow_core.evaluation import benchmarks
+from janusflow_core.evaluation.scoring import detect
+from janusflow_core.shapes.prompts import parse_prompt
+from janusflow_core.shapes.world import holds
 
 TASKS = ("two_object", "position", "color_attr")
 

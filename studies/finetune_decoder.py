@@ -1,10 +1,10 @@
 """Give a trained shapes model the recipe's whole-image decoder pass (``vae_train.finetune_decoder``).
 
-    python bench/finetune_decoder.py --model runs/janusflow-shapes-v18-export --out runs/v18-decoder
+    python -m studies.finetune_decoder --model runs/janusflow-shapes-v18-export --out runs/v18-decoder
 
 Copies the model folder to ``--out`` and trains only its VAE decoder there; the encoder and the latent
 scaling stay bit-identical, so the LLM needs no retraining. This is how the shipped model got its decoder
-(its run predates the recipe step). Score the result with ``bench/score_model.py`` and check the VAE alone
+(its run predates the recipe step). Score the result with ``studies/score_model.py`` and check the VAE alone
 with ``python -m janusflow_core.evaluation vae --model OUT``.
 """
 
@@ -17,13 +17,10 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusers import AutoencoderKL  # noqa: E402
-
-from janusflow_core.training.shapes_recipe import Recipe  # noqa: E402
-from janusflow_core.training.vae_train import finetune_decoder  # noqa: E402
+from janusflow_core.training.shapes_recipe import Recipe
+from janusflow_core.training.vae_train import finetune_decoder
 
 
 def main() -> None:
