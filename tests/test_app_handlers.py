@@ -18,6 +18,8 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from app import Engine, EngineError, create_demo
@@ -244,13 +246,20 @@ def test_long_conversations_drop_the_oldest_exchanges(chat, engine):
 @pytest.mark.parametrize("message, settings, expected", [
     ("", {}, "Type a question"),
     ({"text": "  ", "files": []}, {}, "Type a question"),
-    ("x" * 5000, {}, "characters long"),
-    ({"text": "hi", "files": [str(EXAMPLE)] * 5}, {}, "the limit is 4"),
-    ("hi", {"temperature": 3}, "Temperature must be between 0 and 2"),
-    ("hi", {"top_p": 0}, "Top-p must be between"),
-    ("hi", {"seed": -1}, "Seed must be between"),
-    ("hi", {"max_new_tokens": 0}, "Max new tokens must be between"),
-    ("hi", {"max_new_tokens": 2.5}, "whole number"),
+    ("x" * 4001, {}, "4001 characters long; the limit is 4000"),
+    ({"text": "hi", "files": [str(EXAMPLE)] * 5}, {}, "5 images in one message; the limit is 4"),
+    ("hi", {"temperature": 3}, "Temperature must be a number from 0 to 2, got 3"),
+    ("hi", {"temperature": "abc"}, "Temperature must be a number from 0 to 2, got 'abc'"),
+    ("hi", {"top_p": 0}, "Top-p must be a number from 0.01 to 1, got 0"),
+    ("hi", {"top_p": float("nan")}, "Top-p must be a number from 0.01 to 1, got nan"),
+    ("hi", {"seed": -1}, "Seed must be a whole number from 0 to"),
+    ("hi", {"seed": None}, "Seed must be a whole number from 0 to"),
+    ("hi", {"max_new_tokens": 0}, "Max new tokens must be a whole number from 1 to 4096, got 0"),
+    ("hi", {"max_new_tokens": 2.5}, "Max new tokens must be a whole number from 1 to 4096, got 2.5"),
+    (["hi"], {}, "The message must be .*text.*files"),
+    ({"text": "hi", "files": "photo.png"}, {}, "The message must be .*text.*files"),
+    ({"text": "hi", "files": [5]}, {}, "Each file of a message must be a file"),
+    ({"text": 5, "files": []}, {}, "The message must be text, got int 5"),
 ])
 def test_chat_refuses_bad_input_clearly(chat, message, settings, expected):
     max_new = settings.pop("max_new_tokens", 5)
@@ -263,6 +272,12 @@ def test_chat_refuses_files_that_are_not_images_and_huge_images(chat, tmp_path):
     fake.write_text("this is not a picture")
     with pytest.raises(gr.Error, match="notes.png is not an image"):
         ask(chat, {"text": "hi", "files": [str(fake)]})
+    whole = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(whole, format="PNG")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(whole.getvalue()[:-30])  # the header is intact, the pixel data is not
+    with pytest.raises(gr.Error, match="cut.png could not be read"):
+        ask(chat, {"text": "hi", "files": [str(truncated)]})
     huge = huge_png_header(tmp_path / "huge.png", 10000, 6000)
     with pytest.raises(gr.Error, match="10000×6000 pixels .* the limit is 50 MP"):
         ask(chat, {"text": "hi", "files": [str(huge)]})
@@ -358,24 +373,53 @@ def test_seeds_decide_the_images(gen):
 
 @pytest.mark.parametrize("change, expected", [
     ({"prompt": "   "}, "prompt is empty"),
-    ({"prompt": "a" * 1001}, "1001 characters long; the limit is 1000"),
-    ({"steps": 0}, "Steps must be between 1 and 50"),
-    ({"steps": 51}, "Steps must be between 1 and 50"),
-    ({"cfg": 10.5}, "CFG must be between 1 and 10"),
-    ({"cfg": float("nan")}, "CFG must be between"),
-    ({"num_images": 9}, "Images must be between 1 and 8"),
-    ({"seed": 2**31}, "Seed must be between"),
-    ({"sampler": "rk4"}, "Unknown sampler 'rk4'"),
-    ({"preview": "latent"}, "Unknown preview 'latent'"),
+    ({"prompt": "a" * 4001}, "4001 characters long; the limit is 4000"),
+    ({"prompt": 5}, "The prompt must be text, got int 5"),
+    ({"steps": 0}, "Steps must be a whole number from 1 to 100, got 0"),
+    ({"steps": 101}, "Steps must be a whole number from 1 to 100, got 101"),
+    ({"steps": float("nan")}, "Steps must be a whole number from 1 to 100, got nan"),
+    ({"steps": "abc"}, "Steps must be a whole number from 1 to 100, got 'abc'"),
+    ({"cfg": 10.5}, "CFG must be a number from 0 to 10, got 10.5"),
+    ({"cfg": float("nan")}, "CFG must be a number from 0 to 10, got nan"),
+    ({"cfg": "abc"}, "CFG must be a number from 0 to 10, got 'abc'"),
+    ({"num_images": 9}, "Number of images must be a whole number from 1 to 8, got 9"),
+    ({"seed": 2**31}, "Seed must be a whole number from 0 to"),
+    ({"sampler": "rk4"}, "Sampler must be one of euler, heun; got 'rk4'"),
+    ({"preview": "latent"}, "Preview must be one of x1, x1-fast, zt; got 'latent'"),
 ])
 def test_generation_refuses_bad_input_clearly(gen, change, expected):
     with pytest.raises(gr.Error, match=expected):
         run_gen(gen, **change)
 
 
-def test_prompt_longer_than_the_context_is_refused(gen):
-    with pytest.raises(gr.Error, match="tokens; the limit is"):
-        run_gen(gen, prompt="Ω" * 900)  # 900 characters, 1800 byte tokens; the tiny context holds 512
+def test_prompt_longer_than_the_context_is_refused_with_its_token_count(gen, engine):
+    loaded = engine.get()
+    limit = loaded.prompt_token_limit  # the tiny model: 512 positions less 1 + 16 for t and the image
+    assert limit == 512 - 1 - loaded.bundle.config.num_gen_tokens
+    k = limit
+    while loaded.prompt_tokens("Ω" * k) > limit:  # the longest prompt of Ω that fits
+        k -= 1
+    fits, too_long = "Ω" * k, "Ω" * (k + 1)
+    assert "Done" in run_gen(gen, prompt=fits, steps=1, num_images=1)[-1][1]
+    n = loaded.prompt_tokens(too_long)
+    assert n > limit
+    with pytest.raises(gr.Error, match=f"The prompt is {n} tokens; the limit is {limit}. Shorten it."):
+        run_gen(gen, prompt=too_long)
+    with pytest.raises(ValueError, match=f"the prompt is {n} tokens; the limit is {limit}"):  # the core agrees
+        list(loaded.generator.iterate(too_long, 1))
+
+
+def test_the_prompt_box_shows_its_token_count_and_limit(tiny_model_dir, engine):
+    waiting = GenerateHandlers(Engine(tiny_model_dir, device="cpu", dtype="fp32"))
+    assert waiting.token_line("a red circle") == "The token limit shows here once the model is loaded."
+    assert waiting.engine.state == "idle"  # typing does not load the model
+    gen = GenerateHandlers(engine)
+    loaded, limit = engine.get(), engine.get().prompt_token_limit
+    n = loaded.prompt_tokens("a red circle")
+    assert gen.token_line("a red circle") == f"{n} / {limit} tokens"
+    long = "Ω" * limit
+    assert gen.token_line(long) == f"**{loaded.prompt_tokens(long)} / {limit} tokens**: too long, shorten the prompt"
+    assert gen.token_line(None) == f"{loaded.prompt_tokens('')} / {limit} tokens"
 
 
 def test_generation_busy_session_is_refused(gen):
@@ -397,3 +441,50 @@ def test_a_batch_is_tiled_into_one_sheet_at_model_resolution():
     assert sheet.getpixel((0, 0)) == (255, 0, 0) and sheet.getpixel((33, 0)) == (0, 128, 0)
     assert sheet.getpixel((0, 33)) == (0, 0, 255) and sheet.getpixel((64, 64)) == (255, 255, 255)  # empty cell
     assert grid(tiles[:1]).size == (32, 32) and grid(tiles * 3).size == (98, 98)  # 9 images: 3 x 3
+
+
+# -- property: whatever arrives, a result or one clear message -------------------------------------------
+
+FIELDS = ("prompt", "CFG", "Steps", "Seed", "Number of images", "Sampler", "Preview", "message", "Temperature",
+          "Top-p", "Max new tokens", "Type a question", "images in one message", "file", "not an image")
+anything = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+                     st.text(max_size=20), st.lists(st.integers(), max_size=2),
+                     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+
+
+def first_output_or_refusal(run) -> str | None:
+    """The run's first output (then cancel it, as a closed page does), or the refusal's message."""
+    try:
+        next(run)
+    except gr.Error as exc:
+        return exc.message
+    finally:
+        run.close()
+    return None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=st.one_of(st.sampled_from(["a red circle", "", "  "]), anything),
+       cfg=st.one_of(st.floats(-1, 11), anything), steps=st.one_of(st.integers(0, 101), anything),
+       seed=st.one_of(st.integers(-1, 2**31), anything), num_images=st.one_of(st.integers(0, 9), anything),
+       sampler=st.one_of(st.sampled_from(["euler", "heun"]), anything),
+       preview=st.one_of(st.sampled_from(["x1", "zt", "x1-fast"]), anything))
+def test_generation_gives_a_result_or_one_clear_message(gen, prompt, cfg, steps, seed, num_images, sampler,
+                                                        preview):
+    message = first_output_or_refusal(gen.run(prompt, cfg, steps, seed, num_images, sampler, preview,
+                                              session("prop-gen")))
+    assert message is None or (any(f in message for f in FIELDS) and "Traceback" not in message)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=st.one_of(st.text(max_size=30), anything,
+                         st.fixed_dictionaries({"text": st.one_of(st.text(max_size=30), anything),
+                                                "files": st.one_of(st.lists(st.sampled_from(
+                                                    [str(EXAMPLE), "/nowhere.png", 5, {"path": None}]), max_size=5),
+                                                    anything)})),
+       temperature=st.one_of(st.floats(-1, 3), anything), top_p=st.one_of(st.floats(-1, 2), anything),
+       max_new_tokens=st.one_of(st.integers(0, 5000), anything), seed=st.one_of(st.integers(-1, 2**31), anything))
+def test_chat_gives_a_result_or_one_clear_message(chat, message, temperature, top_p, max_new_tokens, seed):
+    out = first_output_or_refusal(chat.submit(message, temperature, top_p, max_new_tokens, seed, None,
+                                              session("prop-chat")))
+    assert out is None or (any(f in out for f in FIELDS) and "Traceback" not in out)
