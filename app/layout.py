@@ -112,7 +112,7 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
         status = gr.Markdown(engine.status(), elem_id="model-status")
 
         with gr.Tabs():
-            with gr.Tab("Chat", id="chat"):
+            with gr.Tab("Chat", id="chat", elem_id="chat-tab"):
                 conversation = gr.State([])
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
@@ -123,9 +123,8 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
                                                    placeholder=f"Ask about the image…  ({KEYS})",
                                                    max_plain_text_length=MAX_MESSAGE_CHARS,
                                                    elem_id="chat-input", autofocus=True)
-                        with gr.Row():
-                            stop_chat = gr.Button("Stop", variant="stop", size="sm", elem_id="chat-stop")
-                            clear_chat = gr.Button("Clear conversation", size="sm", elem_id="chat-clear")
+                        # one Clear control: the chatbot's own bin icon (top right, once there is a conversation)
+                        stop_chat = gr.Button("Stop", variant="stop", size="sm", elem_id="chat-stop")
                         stats = gr.Markdown(label="stats", elem_id="chat-stats")
                     with gr.Column(scale=1, min_width=260):
                         with gr.Accordion("Answer settings", open=True):
@@ -143,7 +142,7 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
                             gr.Examples(examples, inputs=[box], label="Examples (click to load)",
                                         elem_id="chat-examples")
 
-            with gr.Tab("Generate", id="generate"):
+            with gr.Tab("Generate", id="generate", elem_id="generate-tab"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2, min_width=300):
                         prompt = gr.Textbox(label="Prompt", lines=1, max_lines=6, max_length=MAX_MESSAGE_CHARS,
@@ -195,8 +194,8 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
                          concurrency_id=MODEL_QUEUE)
         ask.success(lambda: None, None, box, **PRIVATE)  # the message was sent: empty the box
         stop_chat.click(chat.stop, None, None, api_name="stop_chat", queue=False)
-        clear_chat.click(chat.clear, None, [chatbot, stats, conversation], api_name="clear_chat", queue=False,
-                         cancels=[ask]).then(interactive(True, 1), None, box, **PRIVATE)
+        chatbot.clear(chat.clear, None, [chatbot, stats, conversation], api_name="clear_chat", queue=False,
+                      show_progress="hidden", cancels=[ask]).then(interactive(True, 1), None, box, **PRIVATE)
 
         go = locked_run([run.click, prompt.submit], gen.run,
                         [prompt, cfg, steps, gen_seed, num_images, sampler, preview_mode], [preview, progress, gallery],

@@ -7,17 +7,15 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import io
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 import torch
+from helpers_images import huge_png_header, truncated_png
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -71,19 +69,6 @@ def ask(chat: ChatHandlers, message, conversation=None, sid="s", max_new_tokens=
 
 def answer_of(output) -> str:
     return output[0][-1]["content"][-1]
-
-
-def huge_png_header(path: Path, width: int, height: int) -> Path:
-    """A valid 1x1 PNG whose header claims width x height (Pillow reads the size from the header)."""
-    buf = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = data[12:29]  # b"IHDR" + 13 bytes
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    path.write_bytes(bytes(data))
-    return path
 
 
 # -- engine -------------------------------------------------------------------------------------------
@@ -272,10 +257,7 @@ def test_chat_refuses_files_that_are_not_images_and_huge_images(chat, tmp_path):
     fake.write_text("this is not a picture")
     with pytest.raises(gr.Error, match="notes.png is not an image"):
         ask(chat, {"text": "hi", "files": [str(fake)]})
-    whole = io.BytesIO()
-    Image.new("RGB", (64, 64), "red").save(whole, format="PNG")
-    truncated = tmp_path / "cut.png"
-    truncated.write_bytes(whole.getvalue()[:-30])  # the header is intact, the pixel data is not
+    truncated = truncated_png(tmp_path / "cut.png")
     with pytest.raises(gr.Error, match="cut.png could not be read"):
         ask(chat, {"text": "hi", "files": [str(truncated)]})
     huge = huge_png_header(tmp_path / "huge.png", 10000, 6000)
