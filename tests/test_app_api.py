@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -303,3 +305,41 @@ def test_two_sessions_at_once_keep_their_own_history_previews_and_seeds(served):
     assert "seed 200" in b_gen[-1][1] and "Heun" in b_gen[-1][1]
     got = Image.open(a_gen[-1][2][0]["image"]).convert("RGB")
     assert got.tobytes() == solo_a.images[0].tobytes()  # B's run at the same time changed nothing in A's
+
+
+# -- property: through the API, whatever is sent, a result or one clear message ----------------------------
+
+FIELDS = ("prompt", "CFG", "Steps", "Seed", "Number of images", "Sampler", "Preview", "Message", "message",
+          "Temperature", "Top-p", "Max new tokens", "Type a question", "images in one message", "not an image")
+json_values = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**40), st.floats(allow_nan=False,
+                        allow_infinity=False), st.text(max_size=12), st.lists(st.integers(), max_size=2),
+                        st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+def result_or_clear_message(client, args, endpoint) -> None:
+    with server_log() as log:
+        try:
+            client.predict(*args, api_name=endpoint)
+        except AppError as exc:
+            assert any(f in str(exc) for f in FIELDS) and "verbose error" not in str(exc), str(exc)
+    assert "Traceback" not in log(), log()[-2000:]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=st.one_of(st.just("a red circle"), json_values), cfg=st.one_of(st.floats(0, 10), json_values),
+       steps=st.one_of(st.integers(1, 3), json_values), seed=st.one_of(st.integers(0, 9), json_values),
+       num_images=st.one_of(st.integers(1, 2), json_values), sampler=st.one_of(st.just("euler"), json_values),
+       preview=st.one_of(st.just("x1-fast"), json_values))
+def test_generate_endpoint_gives_a_result_or_one_clear_message(client, prompt, cfg, steps, seed, num_images,
+                                                               sampler, preview):
+    result_or_clear_message(client, [prompt, cfg, steps, seed, num_images, sampler, preview], "/generate")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=st.one_of(json_values, st.fixed_dictionaries({"text": st.one_of(st.text(max_size=20), json_values),
+                                                             "files": st.one_of(st.just([]), json_values)})),
+       temperature=st.one_of(st.floats(0, 2), json_values), top_p=st.one_of(st.floats(0.01, 1), json_values),
+       max_new_tokens=st.one_of(st.integers(1, 3), json_values), seed=st.one_of(st.integers(0, 9), json_values))
+def test_chat_endpoint_gives_a_result_or_one_clear_message(client, message, temperature, top_p, max_new_tokens,
+                                                           seed):
+    result_or_clear_message(client, [message, temperature, top_p, max_new_tokens, seed], "/chat")

@@ -7,6 +7,7 @@ so a broken browser set-up can never pass silently.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -186,6 +187,15 @@ def test_every_generation_refusal_leaves_the_page_usable(page):
 
 
 @contextmanager
+def hooked(engine, hook):
+    """Run ``hook`` after every forward pass of the language model (one token, or one solver step)."""
+    handle = engine.get().chat.model.language_model.model.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def failing_after(engine, calls: int):
     """Make the language model raise on its ``calls``-th forward pass from now (a crash mid-stream)."""
     count = [0]
@@ -195,11 +205,7 @@ def failing_after(engine, calls: int):
         if count[0] >= calls:
             raise RuntimeError("injected failure")
 
-    handle = engine.get().chat.model.language_model.model.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return hooked(engine, hook)
 
 
 def test_a_failure_in_the_middle_of_a_stream_unlocks_everything(page):
@@ -224,6 +230,32 @@ def test_a_failure_in_the_middle_of_a_stream_unlocks_everything(page):
         assert len(page.evaluate("window.__previewSources")) >= 1  # previews had streamed
         usable(page, RUN, PROMPT)
     assert len(generate(page, "a green triangle", steps=3)) >= 3
+
+
+def test_clear_and_stop_in_the_middle_of_a_run_leave_everything_usable(page):
+    page.get_by_role("tab", name="Chat").click()
+    set_number(page, "max-new-tokens", 300)
+    with hooked(page.engine, lambda *_: time.sleep(0.03)):  # 300 tokens would take 9 s
+        page.evaluate(_WATCH_CHAT)
+        send(page, "describe")
+        page.wait_for_function("() => window.__answerLengths.length >= 2")
+        page.locator(CLEAR).click()  # cancels the answer
+        page.wait_for_function("() => !document.querySelector('#chatbot .message-row')")
+        usable(page, BOX, SEND)
+
+        page.get_by_role("tab", name="Generate").click()
+        page.locator(PROMPT).fill("a red circle")
+        move_slider(page, "steps", 40)
+        page.evaluate(_WATCH_PREVIEW)
+        page.locator(RUN).click()
+        page.wait_for_function("() => window.__previewSources.length >= 2")
+        page.locator("#generate-stop").click()
+        page.wait_for_function("() => document.querySelector('#gen-status').innerText.includes('Stopped at step')")
+        usable(page, RUN, PROMPT)
+    page.get_by_role("tab", name="Chat").click()
+    set_number(page, "max-new-tokens", 20)
+    ask(page, "hello again")  # the cleared answer's run has ended: this one is not refused as a second run
+    assert page.locator("#chatbot .bot").count() == 1
 
 
 def test_a_missing_browser_fails_in_ci_and_skips_locally(monkeypatch):

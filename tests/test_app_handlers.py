@@ -143,6 +143,49 @@ def test_sampling_defaults_come_from_the_model_folder(tmp_path):
     assert cfg.value == 4.5 and steps.value == 30  # the paper demo's 30 steps, whatever the folder says
 
 
+def test_every_run_unlocks_what_it_locked_whatever_way_it_ends(tiny_model_dir):
+    """The page's wiring (app.layout.locked_run): each public run has a lock step before it and an unlock
+    step both after success (``then``) and after an error or cancel (``failure``); gradio 6's page runs
+    ``then`` steps only when the step before succeeded."""
+    demo = create_demo(Engine(tiny_model_dir))
+    fns = {f._id: f for f in demo.fns.values()}
+    for api_name, locked in [("chat", {"Message"}), ("generate", {"Prompt", "Generate"})]:
+        run = next(f for f in fns.values() if f.api_name == api_name)
+        lock = fns[run.trigger_after]
+        assert {getattr(b, "label", None) or b.value for b in lock.outputs} == locked
+        assert all(u["interactive"] is False for u in updates(lock))
+        unlocks = [f for f in fns.values() if f.trigger_after == run._id and set(f.outputs) == set(lock.outputs)
+                   and all(isinstance(u, dict) and u.get("interactive") is True for u in updates(f))]
+        assert {(f.trigger_only_on_success, f.trigger_only_on_failure) for f in unlocks} == {(False, False),
+                                                                                               (False, True)}
+        assert [b.elem_id for b in run.show_progress_on] == [{"chat": "chat-stats", "generate": "gen-status"}[api_name]]
+    clear = next(f for f in fns.values() if f.api_name == "clear_chat")
+    unlock = next(f for f in fns.values() if f.trigger_after == clear._id)
+    assert [b.label for b in unlock.outputs] == ["Message"] and updates(unlock) == [{"__type__": "update",
+                                                                                     "interactive": True}]
+
+
+def updates(step) -> list[dict]:
+    """What an event step (a lock, unlock or other no-input step) sends to its outputs."""
+    out = step.fn()
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def test_inputs_have_distinct_labels_and_both_boxes_send_on_enter(tiny_model_dir):
+    demo = create_demo(Engine(tiny_model_dir))
+    labelled = [b for b in demo.blocks.values() if isinstance(b, gr.components.Component) and b.label
+                and not isinstance(b, (gr.Markdown, gr.State))]
+    by_tab: dict[str, list[str]] = {}
+    for b in labelled:
+        by_tab.setdefault(b.label, []).append(type(b).__name__)
+    assert {label: kinds for label, kinds in by_tab.items() if len(kinds) > 1 and label != "Seed"} == {}
+    assert sorted(by_tab["Seed"]) == ["Number", "Number"]  # one per tab, the same control
+    prompt = next(b for b in labelled if b.label == "Prompt")
+    box = next(b for b in labelled if b.label == "Message")
+    assert prompt.lines == box.lines == 1  # gradio: with one line Enter sends and Shift+Enter adds a line
+    assert "Enter sends" in prompt.placeholder and "Enter sends" in box.placeholder
+
+
 # -- chat -----------------------------------------------------------------------------------------------
 
 
