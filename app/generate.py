@@ -65,6 +65,8 @@ class GenerateHandlers:
 
     def token_line(self, prompt: Any) -> str:
         """What the prompt box shows under it: the prompt's length in tokens against the model's limit."""
+        if self.engine.state == "failed":
+            return "No token count: the model failed to load."
         if self.engine.state != "ready":
             return "The token limit shows here once the model is loaded."
         loaded = self.engine.get()

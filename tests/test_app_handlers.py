@@ -131,6 +131,7 @@ def test_failed_load_is_reported_not_retried(tmp_path):
         ask(ChatHandlers(engine), "hello")
     with pytest.raises(gr.Error, match="could not be loaded"):
         list(GenerateHandlers(engine).run("a circle", 2.0, 2, 0, 1, "euler", "x1", session("s")))
+    assert GenerateHandlers(engine).token_line("a circle") == "No token count: the model failed to load."
 
 
 def test_sampling_defaults_come_from_the_model_folder(tmp_path):
@@ -513,3 +514,55 @@ def test_chat_gives_a_result_or_one_clear_message(chat, message, temperature, to
     out = first_output_or_refusal(chat.submit(message, temperature, top_p, max_new_tokens, seed, None,
                                               session("prop-chat")))
     assert out is None or (any(f in out for f in FIELDS) and "Traceback" not in out)
+
+
+# -- components and unexpected failures ---------------------------------------------------------------------
+
+
+def test_checked_components_name_themselves_in_every_refusal():
+    from app.components import checked
+    from janusflow_core.limits import check_number
+
+    level = checked(gr.Slider(0, 5, label="Level"))  # gradio's own bound check, prefixed with the label
+    assert refusal_of(level.preprocess, 9).startswith("Level: Value 9 is greater than maximum value 5")
+    count = checked(gr.Number(label="Count", precision=0))  # gradio's own conversion failing on a wrong type
+    assert refusal_of(count.preprocess, "abc").startswith("Count: this value cannot be used")
+    steps = checked(gr.Slider(1, 100, label="Steps"), lambda v: check_number("Steps", v, (1, 100), integer=True))
+    assert refusal_of(steps.preprocess, "abc") == "Steps must be a whole number from 1 to 100, got 'abc'"
+    assert steps.preprocess(7) == 7 and level.preprocess(2.5) == 2.5
+
+
+def test_an_unexpected_error_mid_stream_is_one_line_for_the_user_and_a_traceback_for_the_operator(
+        gen, chat, engine, monkeypatch, caplog):
+    loaded = engine.get()
+    real = loaded.generator.iterate
+
+    def breaks_after_one_step(*args, **kwargs):
+        states = real(*args, **kwargs)
+        yield next(states)
+        raise KeyError("latent cache")
+
+    monkeypatch.setattr(loaded.generator, "iterate", breaks_after_one_step)
+    run = gen.run("a red circle", 2.0, 5, 3, 1, "euler", "x1", session("bug"))
+    assert "Step **1 / 5**" in next(run)[1]  # the first preview streamed
+    with caplog.at_level("ERROR"):
+        assert refusal_of(next, run) == "Generation failed (KeyError): 'latent cache'"
+    assert caplog.records[-1].exc_info[0] is KeyError and caplog.records[-1].name == "app.generate"
+    monkeypatch.setattr(loaded.generator, "iterate", real)
+    assert len(run_gen(gen, sid="bug", steps=1, num_images=1)) == 2  # the session is free again
+
+    def breaks_while_answering(*args, **kwargs):
+        yield "a"
+        raise LookupError("vocabulary")
+
+    monkeypatch.setattr(loaded.chat, "stream", breaks_while_answering)
+    with caplog.at_level("ERROR"):
+        assert refusal_of(ask, chat, "hello", sid="bug") == "The answer failed (LookupError): vocabulary"
+    assert caplog.records[-1].exc_info[0] is LookupError and caplog.records[-1].name == "app.chat"
+
+
+def refusal_of(fn, *args, **kwargs) -> str:
+    """The message of the gr.Error that ``fn(*args, **kwargs)`` raises (fails if it raises none)."""
+    with pytest.raises(gr.Error) as refused:
+        fn(*args, **kwargs)
+    return refused.value.message
