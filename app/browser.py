@@ -97,6 +97,22 @@ def ask(page: Any, question: str, image: str | Path | None = None, timeout_s: fl
     return page.evaluate("window.__answerLengths")
 
 
+def refusal(page: Any, expected: str, timeout_s: float = 30) -> str:
+    """Wait for an error toast containing ``expected``, close it, and return its text."""
+    toast = page.locator(".toast-body", has_text=expected).last
+    toast.wait_for(timeout=timeout_s * 1000)
+    text = toast.inner_text()
+    toast.locator(".toast-close").first.click()  # closed by hand, so that the next refusal's toast stands alone
+    toast.wait_for(state="detached", timeout=5_000)
+    return text
+
+
+def usable(page: Any, *selectors: str, timeout_s: float = 10) -> None:
+    """Wait until every element matched by ``selectors`` is enabled (raises on timeout)."""
+    check = " && ".join(f"!document.querySelector({sel!r}).disabled" for sel in selectors)
+    page.wait_for_function(f"() => {check}", timeout=timeout_s * 1000)
+
+
 def generate(page: Any, prompt: str, steps: int, num_images: int = 1, timeout_s: float = 120) -> list[str]:
     """Run a generation from the Generate tab and wait for the gallery; returns the preview sources seen."""
     page.get_by_role("tab", name="Generate").click()

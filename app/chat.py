@@ -7,18 +7,30 @@ The model sees the same turns (``images`` per message, as ``ChatPipeline.stream`
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 
-from .components import refuse
+from janusflow_core.limits import (
+    MAX_IMAGES_PER_MESSAGE,
+    MAX_NEW_TOKENS,
+    SEED,
+    TEMPERATURE,
+    TOP_P,
+    InputError,
+    check_number,
+)
+
+from .components import refusals, refuse
 from .engine import Engine, EngineError
-from .inputs import MAX_IMAGES_PER_MESSAGE, MAX_MESSAGE_CHARS, MAX_SEED, check_number, check_text, open_image
+from .inputs import check_text, open_image
 from .sessions import Runs, session_id
 
-MAX_NEW_TOKENS = 2048
+log = logging.getLogger(__name__)
+MESSAGE_SHAPE = '{"text": str, "files": [file, ...]} (files may be empty)'
 DEFAULT_QUESTION = "Describe the image."  # an image sent without text
 ABOUT_AN_IMAGE = re.compile(r"\b(image|picture|photo|screenshot)s?\b", re.IGNORECASE)
 
@@ -47,17 +59,21 @@ def stats_line(stats: dict[str, Any], stopped: bool = False) -> str:
 
 
 def parse_message(message: Any) -> tuple[str, list[str]]:
-    """A MultimodalTextbox value ``{"text", "files"}`` (or a plain string) -> (text, file paths)."""
+    """A MultimodalTextbox value ``{"text", "files"}`` (or a plain string, from a direct call) -> (text,
+    file paths). Raises InputError for anything else."""
     if message is None:
         return "", []
     if isinstance(message, str):
         return message, []
-    if not isinstance(message, dict):
-        raise refuse("The message must be text or {'text': ..., 'files': [...]}.")
+    if not isinstance(message, dict) or not isinstance(message.get("files") or [], list):
+        raise InputError(f"The message must be {MESSAGE_SHAPE}; got {message!r:.40}")
     files = []
     for f in message.get("files") or []:
-        files.append(f.get("path") if isinstance(f, dict) else str(f))
-    return message.get("text") or "", [f for f in files if f]
+        path = f.get("path") if isinstance(f, dict) else f
+        if not isinstance(path, str) or not path:
+            raise InputError(f"Each file of a message must be a file (handle_file(path)); got {f!r:.40}")
+        files.append(path)
+    return message.get("text") or "", files
 
 
 class ChatHandlers:
@@ -88,17 +104,19 @@ class ChatHandlers:
         Yields (chatbot messages, stats line, conversation) after every decoded piece; the last yield
         carries the tokens/s line.
         """
-        temperature = check_number("Temperature", temperature, 0.0, 2.0)
-        top_p = check_number("Top-p", top_p, 0.05, 1.0)
-        max_new_tokens = check_number("Max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS, integer=True)
-        seed = check_number("Seed", seed, 0, MAX_SEED, integer=True)
-        text, files = parse_message(message)
-        if not text.strip() and not files:
-            raise refuse("Type a question, or attach an image to ask about.")
-        if len(files) > MAX_IMAGES_PER_MESSAGE:
-            raise refuse(f"{len(files)} images in one message; the limit is {MAX_IMAGES_PER_MESSAGE}.")
-        text = check_text("message", text, MAX_MESSAGE_CHARS, required=False) or DEFAULT_QUESTION
-        images = [open_image(f) for f in files]
+        with refusals():
+            temperature = check_number("Temperature", temperature, TEMPERATURE)
+            top_p = check_number("Top-p", top_p, TOP_P)
+            max_new_tokens = check_number("Max new tokens", max_new_tokens, MAX_NEW_TOKENS, integer=True)
+            seed = check_number("Seed", seed, SEED, integer=True)
+            text, files = parse_message(message)
+            text = check_text("message", text, required=False)
+            if not text and not files:
+                raise InputError("Type a question, or attach an image to ask about.")
+            if len(files) > MAX_IMAGES_PER_MESSAGE:
+                raise InputError(f"{len(files)} images in one message; the limit is {MAX_IMAGES_PER_MESSAGE}.")
+            images = [open_image(f) for f in files]
+        text = text or DEFAULT_QUESTION
         turns = list(conversation or [])
         if not images and not any(t.get("images") for t in turns) and ABOUT_AN_IMAGE.search(text):
             gr.Warning("No image is attached, so the answer comes from the text alone. Attach one with the "
@@ -128,6 +146,9 @@ class ChatHandlers:
                     yield display(pending + [{"role": "assistant", "content": answer}]), "", turns
             except (ValueError, RuntimeError) as exc:
                 raise refuse(f"The answer failed: {exc}") from None
+            except Exception as exc:  # a bug: the operator gets the traceback, the user one line
+                log.exception("chat answer failed")
+                raise refuse(f"The answer failed ({type(exc).__name__}): {exc}") from None
             finally:
                 pieces.close()
             done = pending + [{"role": "assistant", "content": answer}]

@@ -36,6 +36,17 @@ class Loaded:
             return self._latent_rgb
 
     @property
+    def prompt_token_limit(self) -> int:
+        """The longest text-to-image prompt in tokens: the context less the time position and the image
+        tokens (the limit ``GenerationPipeline.prompt_rows`` enforces)."""
+        config = self.bundle.config
+        return config.llm.max_position_embeddings - 1 - config.num_gen_tokens
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """The prompt's length in tokens, chat template included, as the generation pipeline encodes it."""
+        return len(self.bundle.processor.encode_generation_prompt(prompt))
+
+    @property
     def image_size(self) -> int:
         """Side of a generated image in pixels (latent side x VAE downsampling)."""
         return self.bundle.config.gen_latent_size * self.bundle.vae.downsample

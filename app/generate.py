@@ -8,6 +8,7 @@ approximate, nearly free). Previews travel at the model's resolution; the page e
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Iterator
@@ -16,18 +17,17 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from janusflow_core.limits import GUIDANCE, IMAGES, SEED, STEPS, check_choice, check_number
 from janusflow_core.sampling import SOLVERS, StepState
 from janusflow_core.vae import to_pil
 
-from .components import refuse
+from .components import refusals, refuse
 from .display import grid
 from .engine import Engine, EngineError, Loaded
-from .inputs import MAX_PROMPT_CHARS, MAX_SEED, check_number, check_text
+from .inputs import check_text
 from .sessions import Runs, session_id
 
-MAX_STEPS = 50
-MAX_IMAGES = 8
-CFG_RANGE = (1.0, 10.0)
+log = logging.getLogger(__name__)
 PREVIEW_MODES = {"x1": "predicted clean image x̂₁ (VAE)", "x1-fast": "x̂₁, fast approximation (linear latent→RGB)",
                  "zt": "noisy latent z_t (VAE)"}
 SAMPLER_NAMES = {"euler": "Euler", "heun": "Heun"}
@@ -36,7 +36,7 @@ Output = tuple[Any, str, Any]  # (preview image, status line, gallery)
 
 
 def random_seed() -> int:
-    return random.randint(0, MAX_SEED)
+    return random.randint(*SEED)
 
 
 def preview_images(loaded: Loaded, state: StepState, mode: str) -> list[Image.Image]:
@@ -51,18 +51,29 @@ class GenerateHandlers:
         self.engine = engine
         self.runs = Runs("generation")
 
-    def check(self, prompt: str, cfg: float, steps: int, seed: int, num_images: int, sampler: str,
-              preview: str) -> tuple[str, float, int, int, int]:
-        prompt = check_text("prompt", prompt, MAX_PROMPT_CHARS, hint=" Describe the image to generate.")
-        cfg = check_number("CFG", cfg, *CFG_RANGE)
-        steps = check_number("Steps", steps, 1, MAX_STEPS, integer=True)
-        seed = check_number("Seed", seed, 0, MAX_SEED, integer=True)
-        num_images = check_number("Images", num_images, 1, MAX_IMAGES, integer=True)
-        if sampler not in SOLVERS:
-            raise refuse(f"Unknown sampler {sampler!r}; choose one of: {', '.join(SOLVERS)}.")
-        if preview not in PREVIEW_MODES:
-            raise refuse(f"Unknown preview {preview!r}; choose one of: {', '.join(PREVIEW_MODES)}.")
+    def check(self, prompt: Any, cfg: Any, steps: Any, seed: Any, num_images: Any, sampler: Any,
+              preview: Any) -> tuple[str, float, int, int, int]:
+        """The request's values, checked against the core's limits (InputError when one is not allowed)."""
+        prompt = check_text("prompt", prompt, hint=" Describe the image to generate.")
+        cfg = check_number("CFG", cfg, GUIDANCE)
+        steps = check_number("Steps", steps, STEPS, integer=True)
+        seed = check_number("Seed", seed, SEED, integer=True)
+        num_images = check_number("Number of images", num_images, IMAGES, integer=True)
+        check_choice("Sampler", sampler, SOLVERS)
+        check_choice("Preview", preview, PREVIEW_MODES)
         return prompt, cfg, steps, seed, num_images
+
+    def token_line(self, prompt: Any) -> str:
+        """What the prompt box shows under it: the prompt's length in tokens against the model's limit."""
+        if self.engine.state == "failed":
+            return "No token count: the model failed to load."
+        if self.engine.state != "ready":
+            return "The token limit shows here once the model is loaded."
+        loaded = self.engine.get()
+        n, limit = loaded.prompt_tokens(prompt if isinstance(prompt, str) else ""), loaded.prompt_token_limit
+        if n > limit:
+            return f"**{n} / {limit} tokens**: too long, shorten the prompt"
+        return f"{n} / {limit} tokens"
 
     def run(self, prompt: str, cfg: float, steps: int, seed: int, num_images: int, sampler: str, preview: str,
             request: gr.Request) -> Iterator[Output]:
@@ -71,7 +82,9 @@ class GenerateHandlers:
         Yields (preview, status, gallery): one yield per step with the step's preview and
         "Step k / N", then a last one with the final images in the gallery.
         """
-        prompt, cfg, steps, seed, num_images = self.check(prompt, cfg, steps, seed, num_images, sampler, preview)
+        with refusals():
+            prompt, cfg, steps, seed, num_images = self.check(prompt, cfg, steps, seed, num_images, sampler,
+                                                              preview)
         with self.runs.start(session_id(request)) as run:
             if self.engine.state != "ready":
                 yield gr.skip(), "Loading the model …", gr.skip()
@@ -79,6 +92,9 @@ class GenerateHandlers:
                 loaded = self.engine.get()
             except EngineError as exc:
                 raise refuse(str(exc)) from None
+            n, limit = loaded.prompt_tokens(prompt), loaded.prompt_token_limit
+            if n > limit:
+                raise refuse(f"The prompt is {n} tokens; the limit is {limit}. Shorten it.")
             pipe = loaded.generator
             start = time.perf_counter()
             try:
@@ -92,6 +108,9 @@ class GenerateHandlers:
                 images = pipe.decode(final)
             except (ValueError, FloatingPointError, RuntimeError) as exc:
                 raise refuse(f"Generation failed: {exc}") from None
+            except Exception as exc:  # a bug: the operator gets the traceback, the user one line
+                log.exception("generation failed")
+                raise refuse(f"Generation failed ({type(exc).__name__}): {exc}") from None
             seconds = time.perf_counter() - start
             settings = f"{SAMPLER_NAMES.get(sampler, sampler)}, CFG {cfg:g}, seed {seed}"
             if state.index + 1 < steps:

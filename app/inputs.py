@@ -1,57 +1,40 @@
-"""Checks on what users send (typed in the UI or posted through the API), with messages they can act on.
+"""Checks on the text and files users send (typed in the UI or posted through the API).
 
-Every refusal is a ``gr.Error`` without a console traceback (``components.refuse``). The numeric
-checks repeat the components' own bounds so that the handlers are safe when called directly.
+The limits are the core's (``janusflow_core.limits``); every check here raises its ``InputError``,
+which the handlers turn into a refusal (``components.refusals``).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from janusflow_core.limits import MAX_IMAGE_PIXELS, MAX_MESSAGE_CHARS, InputError
 from janusflow_core.processing.image import SUPPORTED_FORMATS, load_image
 
-from .components import refuse
-
-MAX_PROMPT_CHARS = 1000  # text-to-image prompt
-MAX_MESSAGE_CHARS = 4000  # one chat message
-MAX_IMAGES_PER_MESSAGE = 4
-MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000; the model sees 384 x 384 anyway
-MAX_UPLOAD = "25mb"  # passed to launch(max_file_size=...)
-MAX_SEED = 2**31 - 1  # seeds stay exact in the browser's numbers
+MAX_UPLOAD = "25mb"  # passed to launch(max_file_size=...): gradio refuses larger uploads itself
 
 
-def check_number(name: str, value: Any, low: float, high: float, integer: bool = False) -> float | int:
-    """``value`` as a number in [low, high], else a refusal naming the field."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise refuse(f"{name} must be a number between {low:g} and {high:g}, got {value!r}") from None
-    if math.isnan(number) or not low <= number <= high:
-        raise refuse(f"{name} must be between {low:g} and {high:g}, got {value!r}")
-    if integer:
-        if number != int(number):
-            raise refuse(f"{name} must be a whole number, got {value!r}")
-        return int(number)
-    return number
-
-
-def check_text(name: str, text: str | None, limit: int, required: bool = True, hint: str = "") -> str:
-    text = (text or "").strip()
+def check_text(name: str, text: Any, required: bool = True, hint: str = "") -> str:
+    """``text`` stripped; refuses non-text, empty text (when ``required``) and text over MAX_MESSAGE_CHARS."""
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise InputError(f"The {name} must be text, got {type(text).__name__} {text!r:.40}")
+    text = text.strip()
     if required and not text:
-        raise refuse(f"The {name} is empty.{hint}")
-    if len(text) > limit:
-        raise refuse(f"The {name} is {len(text)} characters long; the limit is {limit}.")
+        raise InputError(f"The {name} is empty.{hint}")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise InputError(f"The {name} is {len(text)} characters long; the limit is {MAX_MESSAGE_CHARS}.")
     return text
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """An uploaded file as an RGB image. Refuses files that are not images and images with more than
-    MAX_IMAGE_PIXELS pixels, reading only the header before deciding."""
+    """An uploaded file as an RGB image. Refuses files that are not images, truncated images, and images
+    with more than MAX_IMAGE_PIXELS pixels (deciding the last from the header alone)."""
     name = Path(path).name
     try:
         with warnings.catch_warnings():
@@ -59,13 +42,13 @@ def open_image(path: str | Path) -> Image.Image:
             with Image.open(path) as header:
                 width, height = header.size
     except Image.DecompressionBombError:
-        raise refuse(f"{name} is far larger than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit.") from None
+        raise InputError(f"{name} is far larger than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit.") from None
     except (UnidentifiedImageError, OSError):
-        raise refuse(f"{name} is not an image this app can read. Supported: {SUPPORTED_FORMATS}.") from None
+        raise InputError(f"{name} is not an image this app can read. Supported: {SUPPORTED_FORMATS}.") from None
     if width * height > MAX_IMAGE_PIXELS:
-        raise refuse(f"{name} is {width}×{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
-                     f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP. Please downscale it first.")
+        raise InputError(f"{name} is {width}×{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
+                         f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP. Please downscale it first.")
     try:
         return load_image(path)
     except (ValueError, OSError) as exc:
-        raise refuse(f"{name} could not be read: {exc}") from None
+        raise InputError(f"{name} could not be read (is it complete?): {exc}") from None

@@ -7,23 +7,40 @@ Public endpoints (callable with gradio_client, see docs/api.md): ``/chat`` (stre
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from .chat import MAX_NEW_TOKENS, ChatHandlers
-from .components import labelled
+from janusflow_core.limits import (
+    GUIDANCE,
+    IMAGES,
+    MAX_MESSAGE_CHARS,
+    MAX_NEW_TOKENS,
+    SEED,
+    STEPS,
+    TEMPERATURE,
+    TOP_P,
+    check_choice,
+    check_number,
+)
+from janusflow_core.sampling import SOLVERS
+
+from .chat import MESSAGE_SHAPE, ChatHandlers
+from .components import checked, refuse
 from .engine import Engine, EngineError
-from .generate import CFG_RANGE, MAX_IMAGES, MAX_STEPS, PREVIEW_MODES, GenerateHandlers
-from .inputs import MAX_PROMPT_CHARS, MAX_SEED, MAX_UPLOAD
+from .generate import PREVIEW_MODES, SAMPLER_NAMES, GenerateHandlers
+from .inputs import MAX_UPLOAD, check_text
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 PROMPT_EXAMPLES = ["a green triangle", "three squares", "a circle above a triangle",
                    "a blue circle and a yellow square", "a square left of a circle"]
 DEFAULT_STEPS = 30  # the paper's demo
 MODEL_QUEUE = "model"  # chat and generation share one concurrency limit
+KEYS = "Enter sends · Shift+Enter: new line"  # the prompt box and the message box alike
+PRIVATE = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
 
 CSS = """
 #preview img, #gallery img, #chatbot img, #chat-examples img { image-rendering: pixelated; }
@@ -42,11 +59,42 @@ def chat_examples() -> list[list[dict[str, Any]]]:
             for e in json.loads(index.read_text())]
 
 
+def interactive(on: bool, n: int) -> Callable[[], Any]:
+    """An event function that makes its ``n`` outputs usable (``on``) or not."""
+    def switch() -> Any:
+        updates = tuple(gr.update(interactive=on) for _ in range(n))
+        return updates[0] if n == 1 else updates
+
+    return switch
+
+
+def locked_run(triggers: list[Any], fn: Callable[..., Any], inputs: list[Any], outputs: list[Any], *,
+               lock: list[Any], status: Any, **run_options: Any) -> Any:
+    """Wire ``triggers`` -> lock ``lock`` -> run ``fn`` -> unlock ``lock``, whatever way the run ends.
+
+    Gradio 6's page runs a ``.then`` step after success (and after a cancel or a lost connection) but
+    not after an error, and a ``.failure`` step after an error or a cancel: the unlock is attached to
+    both, so the controls come back after a result, a refusal, a failure in the middle of a stream, a
+    Stop and a Clear. Unlocking twice (a cancel fires both) is harmless. The run is the public API
+    endpoint; the lock and unlock steps are private and skip the queue. Returns the run's event.
+
+    The run's progress and error state go to ``status`` (a status line), with the spinner hidden: gradio
+    would otherwise lay an opaque "Error" badge over the outputs (a Chatbot shows it whatever
+    ``show_progress`` says) until it is closed. Refusals show as toasts that close themselves.
+    """
+    run = gr.on(triggers, interactive(False, len(lock)), None, lock, **PRIVATE).then(
+        fn, inputs, outputs, show_progress="hidden", show_progress_on=[status], **run_options)
+    unlock = interactive(True, len(lock))
+    run.then(unlock, None, lock, **PRIVATE)
+    run.failure(unlock, None, lock, **PRIVATE)
+    return run
+
+
 def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
     """Build the Blocks app around ``engine`` (nothing is loaded here)."""
     chat = ChatHandlers(engine)
     gen = GenerateHandlers(engine)
-    cfg_default = min(max(float(engine.sampling_defaults().get("cfg", 2.0)), CFG_RANGE[0]), CFG_RANGE[1])
+    cfg_default = min(max(float(engine.sampling_defaults().get("cfg", 2.0)), GUIDANCE[0]), GUIDANCE[1])
 
     def model_status() -> Iterator[str]:
         yield engine.status()
@@ -64,7 +112,7 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
         status = gr.Markdown(engine.status(), elem_id="model-status")
 
         with gr.Tabs():
-            with gr.Tab("Chat", id="chat"):
+            with gr.Tab("Chat", id="chat", elem_id="chat-tab"):
                 conversation = gr.State([])
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
@@ -72,47 +120,51 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
                                              feedback_options=None, layout="bubble",
                                              placeholder="Upload or paste an image and ask about it, or just chat.")
                         box = gr.MultimodalTextbox(label="Message", file_types=["image"], file_count="multiple",
-                                                   placeholder="Ask about the image…  (Enter sends)",
+                                                   placeholder=f"Ask about the image…  ({KEYS})",
+                                                   max_plain_text_length=MAX_MESSAGE_CHARS,
                                                    elem_id="chat-input", autofocus=True)
-                        with gr.Row():
-                            stop_chat = gr.Button("Stop", variant="stop", size="sm", elem_id="chat-stop")
-                            clear_chat = gr.Button("Clear", size="sm", elem_id="chat-clear")
+                        # one Clear control: the chatbot's own bin icon (top right, once there is a conversation)
+                        stop_chat = gr.Button("Stop", variant="stop", size="sm", elem_id="chat-stop")
                         stats = gr.Markdown(label="stats", elem_id="chat-stats")
                     with gr.Column(scale=1, min_width=260):
                         with gr.Accordion("Answer settings", open=True):
-                            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature",
+                            temperature = gr.Slider(*TEMPERATURE, value=0.0, step=0.05, label="Temperature",
                                                     info="0 = greedy (always the most likely token)",
                                                     elem_id="temperature")
-                            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
-                            max_new = gr.Slider(1, MAX_NEW_TOKENS, value=256, step=1, precision=0,
+                            top_p = gr.Slider(*TOP_P, value=0.95, step=0.01, label="Top-p", elem_id="top-p")
+                            max_new = gr.Slider(*MAX_NEW_TOKENS, value=256, step=1, precision=0,
                                                 label="Max new tokens", elem_id="max-new-tokens")
-                            chat_seed = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
-                                                  info="used when temperature > 0")
+                            chat_seed = gr.Number(value=42, precision=0, minimum=SEED[0], maximum=SEED[1],
+                                                  label="Seed", info="used when temperature > 0",
+                                                  elem_id="chat-seed")
                         examples = chat_examples()
                         if examples:
                             gr.Examples(examples, inputs=[box], label="Examples (click to load)",
                                         elem_id="chat-examples")
 
-            with gr.Tab("Generate", id="generate"):
+            with gr.Tab("Generate", id="generate", elem_id="generate-tab"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2, min_width=300):
-                        prompt = gr.Textbox(label="Prompt", lines=2, max_length=MAX_PROMPT_CHARS,
-                                            placeholder="a blue circle and a yellow square", elem_id="prompt")
+                        prompt = gr.Textbox(label="Prompt", lines=1, max_lines=6, max_length=MAX_MESSAGE_CHARS,
+                                            placeholder=f"a blue circle and a yellow square  ({KEYS})",
+                                            elem_id="prompt")
+                        prompt_tokens = gr.Markdown(gen.token_line(""), elem_id="prompt-tokens")
                         with gr.Row():
                             run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                             stop_gen = gr.Button("Stop", variant="stop", elem_id="generate-stop")
-                        cfg = gr.Slider(*CFG_RANGE, value=cfg_default, step=0.1, label="CFG",
+                        cfg = gr.Slider(*GUIDANCE, value=cfg_default, step=0.1, label="CFG",
                                         info="classifier-free guidance weight", elem_id="cfg")
-                        steps = gr.Slider(1, MAX_STEPS, value=DEFAULT_STEPS, step=1, precision=0, label="Steps",
+                        steps = gr.Slider(*STEPS, value=DEFAULT_STEPS, step=1, precision=0, label="Steps",
                                           elem_id="steps")
                         with gr.Row(equal_height=True):
-                            gen_seed = gr.Number(value=42, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
-                                                 scale=4, elem_id="gen-seed")
+                            gen_seed = gr.Number(value=42, precision=0, minimum=SEED[0], maximum=SEED[1],
+                                                 label="Seed", scale=4, elem_id="gen-seed")
                             dice = gr.Button("Random", scale=1, min_width=80, elem_id="dice")
-                        num_images = gr.Slider(1, MAX_IMAGES, value=1, step=1, precision=0, label="Images",
+                        num_images = gr.Slider(*IMAGES, value=1, step=1, precision=0, label="Number of images",
                                                elem_id="num-images")
                         with gr.Accordion("Advanced", open=False):
-                            sampler = gr.Radio([("Euler", "euler"), ("Heun", "heun")], value="euler", label="Sampler")
+                            sampler = gr.Radio([(SAMPLER_NAMES[k], k) for k in SOLVERS], value="euler",
+                                               label="Sampler")
                             preview_mode = gr.Radio([(label, key) for key, label in PREVIEW_MODES.items()],
                                                     value="x1", label="Live preview shows")
                         gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Try")
@@ -123,39 +175,57 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
                         gallery = gr.Gallery(label="Images", format="png", columns=4, height="auto", fit_columns=False,
                                              object_fit="contain", elem_id="gallery",
                                              buttons=["download", "fullscreen"])
-        for component in (box, temperature, top_p, max_new, chat_seed, cfg, steps, gen_seed, num_images, sampler,
-                          preview_mode):
-            labelled(component)
+
+        # -- what each input accepts: the core's limits, checked before gradio's own preprocessing -------
+        checked(box, expected=MESSAGE_SHAPE)
+        for component, name, bounds, integer in [
+                (temperature, "Temperature", TEMPERATURE, False), (top_p, "Top-p", TOP_P, False),
+                (max_new, "Max new tokens", MAX_NEW_TOKENS, True), (chat_seed, "Seed", SEED, True),
+                (cfg, "CFG", GUIDANCE, False), (steps, "Steps", STEPS, True), (gen_seed, "Seed", SEED, True),
+                (num_images, "Number of images", IMAGES, True)]:
+            checked(component, partial(check_number, name, bounds=bounds, integer=integer))
+        checked(sampler, partial(check_choice, "Sampler", choices=SOLVERS))
+        checked(preview_mode, partial(check_choice, "Preview", choices=PREVIEW_MODES))
+        checked(prompt, partial(check_text, "prompt", required=False))
 
         # -- events --------------------------------------------------------------------------------
-        # Each run is a chain: lock what starts it (private), the run itself (the public endpoint), unlock.
-        # Chaining keeps the order; the endpoint can also be called on its own through the API.
-        def lock() -> dict:
-            return gr.update(interactive=False)
-
-        def unlock() -> dict:
-            return gr.update(interactive=True)
-
-        private = {"queue": False, "api_visibility": "private"}
-        ask = box.submit(lock, None, box, **private).then(
-            chat.submit, [box, temperature, top_p, max_new, chat_seed, conversation], [chatbot, stats, conversation],
-            api_name="chat", concurrency_id=MODEL_QUEUE, show_progress="minimal")
-        ask.then(unlock, None, box, **private)
-        ask.success(lambda: None, None, box, **private)  # the message was sent: empty the box
+        ask = locked_run([box.submit], chat.submit, [box, temperature, top_p, max_new, chat_seed, conversation],
+                         [chatbot, stats, conversation], lock=[box], status=stats, api_name="chat",
+                         concurrency_id=MODEL_QUEUE)
+        ask.success(lambda: None, None, box, **PRIVATE)  # the message was sent: empty the box
         stop_chat.click(chat.stop, None, None, api_name="stop_chat", queue=False)
-        clear_chat.click(chat.clear, None, [chatbot, stats, conversation], api_name="clear_chat", queue=False,
-                         cancels=[ask])
-        chatbot.clear(chat.clear, None, [chatbot, stats, conversation], cancels=[ask], **private)  # its bin icon
+        chatbot.clear(chat.clear, None, [chatbot, stats, conversation], api_name="clear_chat", queue=False,
+                      show_progress="hidden", cancels=[ask]).then(interactive(True, 1), None, box, **PRIVATE)
 
-        go = gr.on([run.click, prompt.submit], lambda: (lock(), lock()), None, [run, prompt], **private).then(
-            gen.run, [prompt, cfg, steps, gen_seed, num_images, sampler, preview_mode], [preview, progress, gallery],
-            api_name="generate", concurrency_id=MODEL_QUEUE, show_progress="minimal")
-        go.then(lambda: (unlock(), unlock()), None, [run, prompt], **private)
+        go = locked_run([run.click, prompt.submit], gen.run,
+                        [prompt, cfg, steps, gen_seed, num_images, sampler, preview_mode], [preview, progress, gallery],
+                        lock=[run, prompt], status=progress, api_name="generate", concurrency_id=MODEL_QUEUE)
         stop_gen.click(gen.stop, None, None, api_name="stop_generate", queue=False)
         dice.click(gen.randomise, None, gen_seed, api_name="random_seed", queue=False)
+        prompt.change(gen.token_line, prompt, prompt_tokens, trigger_mode="always_last", **PRIVATE)
 
-        demo.load(model_status, None, status, api_visibility="private", concurrency_limit=None)
+        demo.load(model_status, None, status, api_visibility="private", concurrency_limit=None).then(
+            gen.token_line, prompt, prompt_tokens, **PRIVATE)
+        go.then(gen.token_line, prompt, prompt_tokens, **PRIVATE)  # the model may have loaded meanwhile
+    refuse_short_calls(demo)
     return demo
+
+
+def refuse_short_calls(demo: gr.Blocks) -> None:
+    """Answer an API call with too few inputs with a refusal that lists them (gradio's own check raises a
+    ValueError, which clients see as a generic error and the console as a traceback)."""
+    check = demo.validate_inputs
+
+    def validate_inputs(block_fn: Any, inputs: list[Any]) -> None:
+        try:
+            check(block_fn, inputs)
+        except ValueError:
+            names = [getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs
+                     if not isinstance(b, gr.State)]
+            raise refuse(f"/{block_fn.api_name or block_fn.name} takes {len(names)} inputs ({', '.join(names)}); "
+                         f"got {len(inputs)}.") from None
+
+    demo.validate_inputs = validate_inputs  # type: ignore[method-assign]
 
 
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False,

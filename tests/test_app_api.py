@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import inspect
+import io
+import json
+import logging
 import os
+import re
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -95,13 +102,14 @@ def test_generation_streams_one_preview_per_step_then_the_images(client):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (("a red circle", 2.0, 500, 1, 1, "euler", "x1"), "Steps: Value 500 is greater than maximum value 50"),
-    (("a red circle", 0.5, 5, 1, 1, "euler", "x1"), "CFG: Value 0.5 is less than minimum value 1"),
-    (("a red circle", 2.0, 5, 1, 9, "euler", "x1"), "Images: Value 9 is greater than maximum value 8"),
-    (("a red circle", 2.0, 5, -3, 1, "euler", "x1"), "Seed: Value -3 is less than minimum value 0"),
-    (("a red circle", 2.0, 5, 1, 1, "rk4", "x1"), "Sampler: Value: 'rk4'"),
+    (("a red circle", 2.0, 500, 1, 1, "euler", "x1"), "Steps must be a whole number from 1 to 100, got 500"),
+    (("a red circle", 10.5, 5, 1, 1, "euler", "x1"), "CFG must be a number from 0 to 10, got 10.5"),
+    (("a red circle", 2.0, 5, 1, 9, "euler", "x1"), "Number of images must be a whole number from 1 to 8, got 9"),
+    (("a red circle", 2.0, 5, -3, 1, "euler", "x1"), "Seed must be a whole number from 0 to .*, got -3"),
+    (("a red circle", 2.0, 5, 1, 1, "rk4", "x1"), "Sampler must be one of euler, heun; got 'rk4'"),
     (("  ", 2.0, 5, 1, 1, "euler", "x1"), "The prompt is empty"),
-    (("a" * 1200, 2.0, 5, 1, 1, "euler", "x1"), "1200 characters long; the limit is 1000"),
+    (("a" * 4200, 2.0, 5, 1, 1, "euler", "x1"), "4200 characters long; the limit is 4000"),
+    (("Ω" * 400, 2.0, 5, 1, 1, "euler", "x1"), r"The prompt is \d+ tokens; the limit is \d+"),
 ])
 def test_generation_refuses_out_of_range_values(client, args, expected):
     with pytest.raises(AppError, match=expected):
@@ -109,7 +117,7 @@ def test_generation_refuses_out_of_range_values(client, args, expected):
 
 
 def test_chat_refuses_bad_input(client, tmp_path):
-    with pytest.raises(AppError, match="Temperature: Value 9 is greater than maximum value 2"):
+    with pytest.raises(AppError, match="Temperature must be a number from 0 to 2, got 9"):
         client.predict({"text": "hi", "files": []}, 9, 0.9, 5, 0, api_name="/chat")
     with pytest.raises(AppError, match="Type a question"):
         client.predict({"text": "", "files": []}, 0, 0.9, 5, 0, api_name="/chat")
@@ -121,6 +129,95 @@ def test_chat_refuses_bad_input(client, tmp_path):
     text.write_text("hello")
     with pytest.raises(AppError, match="Message: Invalid file type"):
         client.predict({"text": "hi", "files": [handle_file(str(text))]}, 0, 0.9, 5, 0, api_name="/chat")
+
+
+GOOD_GENERATION = ["a red circle", 2.0, 2, 1, 1, "euler", "x1"]
+GOOD_CHAT = [{"text": "hi", "files": []}, 0, 0.9, 3, 0]
+SHAPE = re.escape('Message must be {"text": str, "files": [file, ...]} (files may be empty)')
+# (endpoint, input index, wrong value, the message's start): every input of both endpoints, wrong types
+WRONG_TYPES = [
+    ("/generate", 0, 5, "The prompt must be text, got int 5"),
+    ("/generate", 0, ["a red circle"], "The prompt must be text, got list"),
+    ("/generate", 1, "abc", "CFG must be a number from 0 to 10, got 'abc'"),
+    ("/generate", 1, None, "CFG must be a number from 0 to 10, got None"),
+    ("/generate", 1, True, "CFG must be a number from 0 to 10, got True"),
+    ("/generate", 2, "many", "Steps must be a whole number from 1 to 100, got 'many'"),
+    ("/generate", 2, 2.5, "Steps must be a whole number from 1 to 100, got 2.5"),
+    ("/generate", 2, [3], "Steps must be a whole number from 1 to 100, got \\[3\\]"),
+    ("/generate", 3, "x", "Seed must be a whole number from 0 to .*, got 'x'"),
+    ("/generate", 3, {"seed": 1}, "Seed must be a whole number from 0 to .*, got {'seed': 1}"),
+    ("/generate", 4, "two", "Number of images must be a whole number from 1 to 8, got 'two'"),
+    ("/generate", 5, 3, "Sampler must be one of euler, heun; got 3"),
+    ("/generate", 5, None, "Sampler must be one of euler, heun; got None"),
+    ("/generate", 6, ["x1"], "Preview must be one of x1, x1-fast, zt; got \\['x1'\\]"),
+    ("/chat", 0, "hello", SHAPE + "; got 'hello'"),
+    ("/chat", 0, ["hello"], SHAPE + "; got \\['hello'\\]"),
+    ("/chat", 0, {"text": "hi", "files": "photo.png"}, SHAPE),
+    ("/chat", 0, {"text": ["hi"], "files": []}, SHAPE),
+    ("/chat", 1, "abc", "Temperature must be a number from 0 to 2, got 'abc'"),
+    ("/chat", 2, None, "Top-p must be a number from 0.01 to 1, got None"),
+    ("/chat", 3, "lots", "Max new tokens must be a whole number from 1 to 4096, got 'lots'"),
+    ("/chat", 4, 1.5, "Seed must be a whole number from 0 to .*, got 1.5"),
+]
+
+
+@contextmanager
+def server_log():
+    """Everything the server writes to stdout, stderr and the logging system meanwhile."""
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    logging.getLogger().addHandler(handler)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            yield lambda: out.getvalue() + err.getvalue()
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+def test_wrong_types_get_the_same_clear_messages_as_wrong_values(client):
+    with server_log() as log:
+        for endpoint, index, value, expected in WRONG_TYPES:
+            args = list(GOOD_GENERATION if endpoint == "/generate" else GOOD_CHAT)
+            args[index] = value
+            with pytest.raises(AppError) as refused:
+                client.predict(*args, api_name=endpoint)
+            assert re.match(expected, str(refused.value)), (endpoint, index, value, str(refused.value))
+        assert client.predict(*GOOD_GENERATION, api_name="/generate")[1].startswith("Done")  # then a good call
+        assert "tokens/s" in client.predict(*GOOD_CHAT, api_name="/chat")[1]
+    printed = log()
+    assert "Traceback" not in printed and "verbose error reporting" not in printed, printed[-2000:]
+
+
+def raw_call(url: str, endpoint: str, body: str) -> str:
+    """POST a JSON body as it is (NaN, Infinity, too few values: what gradio_client will not send) and return
+    the event stream's text."""
+    posted = httpx.post(f"{url}gradio_api/call{endpoint}", content=body, headers={"content-type": "application/json"})
+    posted.raise_for_status()
+    return httpx.get(f"{url}gradio_api/call{endpoint}/{posted.json()['event_id']}", timeout=60).text
+
+
+def test_raw_calls_with_nan_infinity_or_too_few_inputs_get_clear_messages(served):
+    url = served[0]
+    cases = [
+        ("/generate", '["a red circle", 2.0, NaN, 1, 1, "euler", "x1"]',
+         "Steps must be a whole number from 1 to 100, got nan"),
+        ("/generate", '["a red circle", Infinity, 5, 1, 1, "euler", "x1"]',
+         "CFG must be a number from 0 to 10, got inf"),
+        ("/generate", '["a red circle", 2.0]', "/generate takes 7 inputs (Prompt, CFG, Steps, Seed, Number of images, "
+                                               "Sampler, Live preview shows); got 2."),
+        ("/chat", '[{"text": "hi", "files": []}, -Infinity, 0.9, 5, 0]',
+         "Temperature must be a number from 0 to 2, got -inf"),
+        ("/chat", '[]', "/chat takes 5 inputs (Message, Temperature, Top-p, Max new tokens, Seed); got 0."),
+        ("/chat", '["hello"]', "/chat takes 5 inputs"),
+    ]
+    with server_log() as log:
+        for endpoint, data, expected in cases:
+            events = raw_call(url, endpoint, f'{{"data": {data}}}')
+            assert "event: error" in events and expected in events, (endpoint, data, events)
+        done = raw_call(url, "/generate", json.dumps({"data": GOOD_GENERATION}))
+        assert "event: complete" in done and "Done" in done
+    printed = log()
+    assert "Traceback" not in printed and "verbose error reporting" not in printed, printed[-2000:]
 
 
 @contextmanager
@@ -208,3 +305,41 @@ def test_two_sessions_at_once_keep_their_own_history_previews_and_seeds(served):
     assert "seed 200" in b_gen[-1][1] and "Heun" in b_gen[-1][1]
     got = Image.open(a_gen[-1][2][0]["image"]).convert("RGB")
     assert got.tobytes() == solo_a.images[0].tobytes()  # B's run at the same time changed nothing in A's
+
+
+# -- property: through the API, whatever is sent, a result or one clear message ----------------------------
+
+FIELDS = ("prompt", "CFG", "Steps", "Seed", "Number of images", "Sampler", "Preview", "Message", "message",
+          "Temperature", "Top-p", "Max new tokens", "Type a question", "images in one message", "not an image")
+json_values = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**40), st.floats(allow_nan=False,
+                        allow_infinity=False), st.text(max_size=12), st.lists(st.integers(), max_size=2),
+                        st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+def result_or_clear_message(client, args, endpoint) -> None:
+    with server_log() as log:
+        try:
+            client.predict(*args, api_name=endpoint)
+        except AppError as exc:
+            assert any(f in str(exc) for f in FIELDS) and "verbose error" not in str(exc), str(exc)
+    assert "Traceback" not in log(), log()[-2000:]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=st.one_of(st.just("a red circle"), json_values), cfg=st.one_of(st.floats(0, 10), json_values),
+       steps=st.one_of(st.integers(1, 3), json_values), seed=st.one_of(st.integers(0, 9), json_values),
+       num_images=st.one_of(st.integers(1, 2), json_values), sampler=st.one_of(st.just("euler"), json_values),
+       preview=st.one_of(st.just("x1-fast"), json_values))
+def test_generate_endpoint_gives_a_result_or_one_clear_message(client, prompt, cfg, steps, seed, num_images,
+                                                               sampler, preview):
+    result_or_clear_message(client, [prompt, cfg, steps, seed, num_images, sampler, preview], "/generate")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=st.one_of(json_values, st.fixed_dictionaries({"text": st.one_of(st.text(max_size=20), json_values),
+                                                             "files": st.one_of(st.just([]), json_values)})),
+       temperature=st.one_of(st.floats(0, 2), json_values), top_p=st.one_of(st.floats(0.01, 1), json_values),
+       max_new_tokens=st.one_of(st.integers(1, 3), json_values), seed=st.one_of(st.integers(0, 9), json_values))
+def test_chat_endpoint_gives_a_result_or_one_clear_message(client, message, temperature, top_p, max_new_tokens,
+                                                           seed):
+    result_or_clear_message(client, [message, temperature, top_p, max_new_tokens, seed], "/chat")

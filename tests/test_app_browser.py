@@ -7,6 +7,8 @@ so a broken browser set-up can never pass silently.
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,14 +17,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_images import huge_png_header, text_as_png, truncated_png
 from PIL import Image
 
-from app.browser import ask, chromium_page, find_chromium, generate, open_app, set_number
+from app.browser import (
+    _WATCH_CHAT,
+    _WATCH_PREVIEW,
+    ask,
+    chromium_page,
+    find_chromium,
+    generate,
+    move_slider,
+    open_app,
+    refusal,
+    set_number,
+    usable,
+)
 from app.testing import serve
 
 pytestmark = pytest.mark.browser
 EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "three_triangles.png"
 STEPS = 12
+CLEAR = "#chatbot button[aria-label=Clear]"  # the chatbot's bin icon, the Chat tab's one Clear control
 
 
 def _missing(reason: str) -> None:
@@ -42,8 +58,9 @@ def page(tiny_model_dir):
         _missing("the playwright Python package is not installed")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    with serve(tiny_model_dir) as (url, _), chromium_page(chromium) as page:
+    with serve(tiny_model_dir) as (url, engine), chromium_page(chromium) as page:
         open_app(page, url)
+        page.engine = engine  # for the tests that make the model fail mid-stream
         yield page
     torch.set_num_threads(before)
 
@@ -61,9 +78,9 @@ def test_chat_answer_grows_in_the_browser(page, tmp_path):
     assert "tokens/s" in page.inner_text("#chat-stats")
     page.screenshot(path=str(tmp_path / "chat.png"))
     assert Image.open(tmp_path / "chat.png").size == (1280, 900)
-    page.locator("#chat-clear").click()
+    page.locator(CLEAR).click()
     page.wait_for_function("() => !document.querySelector('#chatbot .bot')")
-    assert page.inner_text("#chat-stats").strip() == ""
+    page.wait_for_function("() => document.querySelector('#chat-stats').innerText.trim() === ''")  # from the server
 
 
 def test_preview_updates_every_step_and_the_gallery_fills(page, tmp_path):
@@ -78,6 +95,167 @@ def test_preview_updates_every_step_and_the_gallery_fills(page, tmp_path):
     assert f"{STEPS} steps" in page.inner_text("#gen-status")
     page.screenshot(path=str(tmp_path / "generate.png"))
     assert Image.open(tmp_path / "generate.png").size == (1280, 900)
+
+
+BOX, SEND = "#chat-input textarea", "#chat-input [data-testid=submit-button]"
+PROMPT, RUN = "#prompt textarea", "#generate-btn"
+
+
+def not_covered(page, selector: str) -> bool:
+    """Whether the middle of the last element matching ``selector`` is on top (nothing lies over it)."""
+    return page.evaluate(f"""() => {{ const all = document.querySelectorAll({selector!r});
+      const el = all[all.length - 1]; const r = el.getBoundingClientRect();
+      const top = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+      return el === top || el.contains(top); }}""")
+
+
+def send(page, text: str = "", files: list[Path] | None = None) -> None:
+    for f in files or []:
+        page.locator("#chat-input input[type=file]").set_input_files(str(f))
+    if files:
+        page.wait_for_function(f"() => document.querySelectorAll('#chat-input .delete-button').length == {len(files)}")
+    page.locator(BOX).fill(text)
+    page.locator(BOX).press("Enter")
+
+
+def drop_attachments(page) -> None:
+    while page.locator("#chat-input .delete-button").count():
+        page.locator("#chat-input .delete-button").first.click()
+
+
+def test_every_chat_refusal_leaves_the_page_usable_and_the_conversation_readable(page, tmp_path):
+    page.get_by_role("tab", name="Chat").click()
+    set_number(page, "temperature", 1.5)
+    set_number(page, "max-new-tokens", 20)
+    ask(page, "hello")  # a conversation to keep readable
+    bubbles = page.locator("#chatbot .message-row").count()
+    refusals = [
+        ("what is this?", [text_as_png(tmp_path / "notes.png")], "notes.png is not an image this app can read"),
+        ("what is this?", [truncated_png(tmp_path / "cut.png")], "cut.png could not be read"),
+        ("what is this?", [huge_png_header(tmp_path / "big.png", 8000, 8000)],
+         "big.png is 8000×8000 pixels (64 MP); the limit is 50 MP"),
+        ("", [], "Type a question, or attach an image to ask about."),
+        ("   ", [], "Type a question, or attach an image to ask about."),
+    ]
+    for text, files, expected in refusals:
+        send(page, text, files)
+        page.locator(".toast-body", has_text=expected).wait_for(timeout=30_000)
+        usable(page, BOX, SEND)  # the message box is open again at once
+        chat_box, toasts = page.locator("#chatbot").bounding_box(), page.locator(".toast-body").bounding_box()
+        assert toasts["y"] + toasts["height"] < chat_box["y"] or toasts["x"] > chat_box["x"] + chat_box["width"]
+        assert not_covered(page, "#chatbot .bot")  # the answer is on top: no badge over the conversation
+        assert page.locator("#chatbot .message-row").count() == bubbles  # nothing was added or lost
+        assert page.locator("#chatbot [data-testid=status-tracker] .error").count() == 0
+        refusal(page, expected)
+        drop_attachments(page)
+    # the one Clear control of the Chat tab unlocks too, even right after a refusal
+    send(page, "")
+    refusal(page, "Type a question")
+    clears = page.evaluate("""() => [...document.querySelectorAll('#chat-tab button')].filter(b =>
+      b.checkVisibility({opacityProperty: true, visibilityProperty: true})
+      && /clear/i.test(b.innerText + ' ' + (b.getAttribute('aria-label') || ''))).map(b => b.outerHTML.slice(0, 99))""")
+    assert len(clears) == 1 and page.locator(CLEAR).count() == 1, clears
+    page.locator(CLEAR).click()
+    page.wait_for_function("() => !document.querySelector('#chatbot .bot')")
+    usable(page, BOX)
+    ask(page, "and now?")  # a good request in the same page
+    assert page.locator("#chatbot .bot").count() == 1 and "tokens/s" in page.inner_text("#chat-stats")
+
+
+def test_every_generation_refusal_leaves_the_page_usable(page):
+    page.get_by_role("tab", name="Generate").click()
+    page.locator(PROMPT).fill("")
+    page.locator(RUN).click()
+    refusal(page, "The prompt is empty. Describe the image to generate.")
+    usable(page, RUN, PROMPT)
+    page.locator(PROMPT).fill("Ω" * 300)  # 600 byte tokens; the tiny model's limit is 495
+    page.wait_for_function("() => document.querySelector('#prompt-tokens').innerText.includes('too long')")
+    counted = page.inner_text("#prompt-tokens")
+    n, limit = counted.split(" tokens")[0].split(" / ")
+    assert int(n) > int(limit)
+    page.locator(PROMPT).press("Enter")  # Enter sends here as in the chat box
+    refusal(page, f"The prompt is {n} tokens; the limit is {limit}. Shorten it.")
+    usable(page, RUN, PROMPT)
+    status = page.inner_text("#gen-status")
+    page.locator(PROMPT).fill("a red")
+    page.locator(PROMPT).press("Shift+Enter")  # a new line, not a run
+    page.locator(PROMPT).type("circle")
+    assert page.locator(PROMPT).input_value() == "a red\ncircle" and page.inner_text("#gen-status") == status
+    page.wait_for_function(f"() => /^\\d+ \\/ {limit} tokens$/.test("
+                           "document.querySelector('#prompt-tokens').innerText)")
+    assert len(generate(page, "a red circle", steps=3)) >= 3  # then a good request in the same page
+
+
+@contextmanager
+def hooked(engine, hook):
+    """Run ``hook`` after every forward pass of the language model (one token, or one solver step)."""
+    handle = engine.get().chat.model.language_model.model.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def failing_after(engine, calls: int):
+    """Make the language model raise on its ``calls``-th forward pass from now (a crash mid-stream)."""
+    count = [0]
+
+    def hook(*_):
+        count[0] += 1
+        if count[0] >= calls:
+            raise RuntimeError("injected failure")
+
+    return hooked(engine, hook)
+
+
+def test_a_failure_in_the_middle_of_a_stream_unlocks_everything(page):
+    page.get_by_role("tab", name="Chat").click()
+    set_number(page, "max-new-tokens", 300)
+    with failing_after(page.engine, 40):
+        page.evaluate(_WATCH_CHAT)
+        send(page, "describe")
+        refusal(page, "The answer failed: injected failure")
+        assert page.evaluate("window.__answerLengths").__len__() >= 1  # part of the answer had been shown
+        usable(page, BOX, SEND)
+    ask(page, "again")
+    assert "tokens/s" in page.inner_text("#chat-stats")
+
+    page.get_by_role("tab", name="Generate").click()
+    page.locator(PROMPT).fill("a red circle")
+    move_slider(page, "steps", 10)
+    with failing_after(page.engine, 4):  # the prompt pass, then three Euler steps
+        page.evaluate(_WATCH_PREVIEW)
+        page.locator(RUN).click()
+        refusal(page, "Generation failed: injected failure")
+        assert len(page.evaluate("window.__previewSources")) >= 1  # previews had streamed
+        usable(page, RUN, PROMPT)
+    assert len(generate(page, "a green triangle", steps=3)) >= 3
+
+
+def test_clear_and_stop_in_the_middle_of_a_run_leave_everything_usable(page):
+    page.get_by_role("tab", name="Chat").click()
+    set_number(page, "max-new-tokens", 300)
+    with hooked(page.engine, lambda *_: time.sleep(0.03)):  # 300 tokens would take 9 s
+        page.evaluate(_WATCH_CHAT)
+        send(page, "describe")
+        page.wait_for_function("() => window.__answerLengths.length >= 2")
+        page.locator(CLEAR).click()  # cancels the answer
+        page.wait_for_function("() => !document.querySelector('#chatbot .message-row')")
+        usable(page, BOX, SEND)
+
+        page.get_by_role("tab", name="Generate").click()
+        page.locator(PROMPT).fill("a red circle")
+        move_slider(page, "steps", 40)
+        page.evaluate(_WATCH_PREVIEW)
+        page.locator(RUN).click()
+        page.wait_for_function("() => window.__previewSources.length >= 2")
+        page.locator("#generate-stop").click()
+        page.wait_for_function("() => document.querySelector('#gen-status').innerText.includes('Stopped at step')")
+        usable(page, RUN, PROMPT)
+    page.get_by_role("tab", name="Chat").click()
+    set_number(page, "max-new-tokens", 20)
+    ask(page, "hello again")  # the cleared answer's run has ended: this one is not refused as a second run
+    assert page.locator("#chatbot .bot").count() == 1
 
 
 def test_a_missing_browser_fails_in_ci_and_skips_locally(monkeypatch):

@@ -7,17 +7,17 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import io
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 import torch
+from helpers_images import huge_png_header, truncated_png
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from app import Engine, EngineError, create_demo
@@ -69,19 +69,6 @@ def ask(chat: ChatHandlers, message, conversation=None, sid="s", max_new_tokens=
 
 def answer_of(output) -> str:
     return output[0][-1]["content"][-1]
-
-
-def huge_png_header(path: Path, width: int, height: int) -> Path:
-    """A valid 1x1 PNG whose header claims width x height (Pillow reads the size from the header)."""
-    buf = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = data[12:29]  # b"IHDR" + 13 bytes
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    path.write_bytes(bytes(data))
-    return path
 
 
 # -- engine -------------------------------------------------------------------------------------------
@@ -144,6 +131,7 @@ def test_failed_load_is_reported_not_retried(tmp_path):
         ask(ChatHandlers(engine), "hello")
     with pytest.raises(gr.Error, match="could not be loaded"):
         list(GenerateHandlers(engine).run("a circle", 2.0, 2, 0, 1, "euler", "x1", session("s")))
+    assert GenerateHandlers(engine).token_line("a circle") == "No token count: the model failed to load."
 
 
 def test_sampling_defaults_come_from_the_model_folder(tmp_path):
@@ -154,6 +142,49 @@ def test_sampling_defaults_come_from_the_model_folder(tmp_path):
     cfg = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "CFG")
     steps = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Steps")
     assert cfg.value == 4.5 and steps.value == 30  # the paper demo's 30 steps, whatever the folder says
+
+
+def test_every_run_unlocks_what_it_locked_whatever_way_it_ends(tiny_model_dir):
+    """The page's wiring (app.layout.locked_run): each public run has a lock step before it and an unlock
+    step both after success (``then``) and after an error or cancel (``failure``); gradio 6's page runs
+    ``then`` steps only when the step before succeeded."""
+    demo = create_demo(Engine(tiny_model_dir))
+    fns = {f._id: f for f in demo.fns.values()}
+    for api_name, locked in [("chat", {"Message"}), ("generate", {"Prompt", "Generate"})]:
+        run = next(f for f in fns.values() if f.api_name == api_name)
+        lock = fns[run.trigger_after]
+        assert {getattr(b, "label", None) or b.value for b in lock.outputs} == locked
+        assert all(u["interactive"] is False for u in updates(lock))
+        unlocks = [f for f in fns.values() if f.trigger_after == run._id and set(f.outputs) == set(lock.outputs)
+                   and all(isinstance(u, dict) and u.get("interactive") is True for u in updates(f))]
+        assert {(f.trigger_only_on_success, f.trigger_only_on_failure) for f in unlocks} == {(False, False),
+                                                                                               (False, True)}
+        assert [b.elem_id for b in run.show_progress_on] == [{"chat": "chat-stats", "generate": "gen-status"}[api_name]]
+    clear = next(f for f in fns.values() if f.api_name == "clear_chat")
+    unlock = next(f for f in fns.values() if f.trigger_after == clear._id)
+    assert [b.label for b in unlock.outputs] == ["Message"] and updates(unlock) == [{"__type__": "update",
+                                                                                     "interactive": True}]
+
+
+def updates(step) -> list[dict]:
+    """What an event step (a lock, unlock or other no-input step) sends to its outputs."""
+    out = step.fn()
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def test_inputs_have_distinct_labels_and_both_boxes_send_on_enter(tiny_model_dir):
+    demo = create_demo(Engine(tiny_model_dir))
+    labelled = [b for b in demo.blocks.values() if isinstance(b, gr.components.Component) and b.label
+                and not isinstance(b, (gr.Markdown, gr.State))]
+    by_tab: dict[str, list[str]] = {}
+    for b in labelled:
+        by_tab.setdefault(b.label, []).append(type(b).__name__)
+    assert {label: kinds for label, kinds in by_tab.items() if len(kinds) > 1 and label != "Seed"} == {}
+    assert sorted(by_tab["Seed"]) == ["Number", "Number"]  # one per tab, the same control
+    prompt = next(b for b in labelled if b.label == "Prompt")
+    box = next(b for b in labelled if b.label == "Message")
+    assert prompt.lines == box.lines == 1  # gradio: with one line Enter sends and Shift+Enter adds a line
+    assert "Enter sends" in prompt.placeholder and "Enter sends" in box.placeholder
 
 
 # -- chat -----------------------------------------------------------------------------------------------
@@ -244,13 +275,20 @@ def test_long_conversations_drop_the_oldest_exchanges(chat, engine):
 @pytest.mark.parametrize("message, settings, expected", [
     ("", {}, "Type a question"),
     ({"text": "  ", "files": []}, {}, "Type a question"),
-    ("x" * 5000, {}, "characters long"),
-    ({"text": "hi", "files": [str(EXAMPLE)] * 5}, {}, "the limit is 4"),
-    ("hi", {"temperature": 3}, "Temperature must be between 0 and 2"),
-    ("hi", {"top_p": 0}, "Top-p must be between"),
-    ("hi", {"seed": -1}, "Seed must be between"),
-    ("hi", {"max_new_tokens": 0}, "Max new tokens must be between"),
-    ("hi", {"max_new_tokens": 2.5}, "whole number"),
+    ("x" * 4001, {}, "4001 characters long; the limit is 4000"),
+    ({"text": "hi", "files": [str(EXAMPLE)] * 5}, {}, "5 images in one message; the limit is 4"),
+    ("hi", {"temperature": 3}, "Temperature must be a number from 0 to 2, got 3"),
+    ("hi", {"temperature": "abc"}, "Temperature must be a number from 0 to 2, got 'abc'"),
+    ("hi", {"top_p": 0}, "Top-p must be a number from 0.01 to 1, got 0"),
+    ("hi", {"top_p": float("nan")}, "Top-p must be a number from 0.01 to 1, got nan"),
+    ("hi", {"seed": -1}, "Seed must be a whole number from 0 to"),
+    ("hi", {"seed": None}, "Seed must be a whole number from 0 to"),
+    ("hi", {"max_new_tokens": 0}, "Max new tokens must be a whole number from 1 to 4096, got 0"),
+    ("hi", {"max_new_tokens": 2.5}, "Max new tokens must be a whole number from 1 to 4096, got 2.5"),
+    (["hi"], {}, "The message must be .*text.*files"),
+    ({"text": "hi", "files": "photo.png"}, {}, "The message must be .*text.*files"),
+    ({"text": "hi", "files": [5]}, {}, "Each file of a message must be a file"),
+    ({"text": 5, "files": []}, {}, "The message must be text, got int 5"),
 ])
 def test_chat_refuses_bad_input_clearly(chat, message, settings, expected):
     max_new = settings.pop("max_new_tokens", 5)
@@ -263,6 +301,9 @@ def test_chat_refuses_files_that_are_not_images_and_huge_images(chat, tmp_path):
     fake.write_text("this is not a picture")
     with pytest.raises(gr.Error, match="notes.png is not an image"):
         ask(chat, {"text": "hi", "files": [str(fake)]})
+    truncated = truncated_png(tmp_path / "cut.png")
+    with pytest.raises(gr.Error, match="cut.png could not be read"):
+        ask(chat, {"text": "hi", "files": [str(truncated)]})
     huge = huge_png_header(tmp_path / "huge.png", 10000, 6000)
     with pytest.raises(gr.Error, match="10000×6000 pixels .* the limit is 50 MP"):
         ask(chat, {"text": "hi", "files": [str(huge)]})
@@ -358,24 +399,53 @@ def test_seeds_decide_the_images(gen):
 
 @pytest.mark.parametrize("change, expected", [
     ({"prompt": "   "}, "prompt is empty"),
-    ({"prompt": "a" * 1001}, "1001 characters long; the limit is 1000"),
-    ({"steps": 0}, "Steps must be between 1 and 50"),
-    ({"steps": 51}, "Steps must be between 1 and 50"),
-    ({"cfg": 10.5}, "CFG must be between 1 and 10"),
-    ({"cfg": float("nan")}, "CFG must be between"),
-    ({"num_images": 9}, "Images must be between 1 and 8"),
-    ({"seed": 2**31}, "Seed must be between"),
-    ({"sampler": "rk4"}, "Unknown sampler 'rk4'"),
-    ({"preview": "latent"}, "Unknown preview 'latent'"),
+    ({"prompt": "a" * 4001}, "4001 characters long; the limit is 4000"),
+    ({"prompt": 5}, "The prompt must be text, got int 5"),
+    ({"steps": 0}, "Steps must be a whole number from 1 to 100, got 0"),
+    ({"steps": 101}, "Steps must be a whole number from 1 to 100, got 101"),
+    ({"steps": float("nan")}, "Steps must be a whole number from 1 to 100, got nan"),
+    ({"steps": "abc"}, "Steps must be a whole number from 1 to 100, got 'abc'"),
+    ({"cfg": 10.5}, "CFG must be a number from 0 to 10, got 10.5"),
+    ({"cfg": float("nan")}, "CFG must be a number from 0 to 10, got nan"),
+    ({"cfg": "abc"}, "CFG must be a number from 0 to 10, got 'abc'"),
+    ({"num_images": 9}, "Number of images must be a whole number from 1 to 8, got 9"),
+    ({"seed": 2**31}, "Seed must be a whole number from 0 to"),
+    ({"sampler": "rk4"}, "Sampler must be one of euler, heun; got 'rk4'"),
+    ({"preview": "latent"}, "Preview must be one of x1, x1-fast, zt; got 'latent'"),
 ])
 def test_generation_refuses_bad_input_clearly(gen, change, expected):
     with pytest.raises(gr.Error, match=expected):
         run_gen(gen, **change)
 
 
-def test_prompt_longer_than_the_context_is_refused(gen):
-    with pytest.raises(gr.Error, match="tokens; the limit is"):
-        run_gen(gen, prompt="Ω" * 900)  # 900 characters, 1800 byte tokens; the tiny context holds 512
+def test_prompt_longer_than_the_context_is_refused_with_its_token_count(gen, engine):
+    loaded = engine.get()
+    limit = loaded.prompt_token_limit  # the tiny model: 512 positions less 1 + 16 for t and the image
+    assert limit == 512 - 1 - loaded.bundle.config.num_gen_tokens
+    k = limit
+    while loaded.prompt_tokens("Ω" * k) > limit:  # the longest prompt of Ω that fits
+        k -= 1
+    fits, too_long = "Ω" * k, "Ω" * (k + 1)
+    assert "Done" in run_gen(gen, prompt=fits, steps=1, num_images=1)[-1][1]
+    n = loaded.prompt_tokens(too_long)
+    assert n > limit
+    with pytest.raises(gr.Error, match=f"The prompt is {n} tokens; the limit is {limit}. Shorten it."):
+        run_gen(gen, prompt=too_long)
+    with pytest.raises(ValueError, match=f"the prompt is {n} tokens; the limit is {limit}"):  # the core agrees
+        list(loaded.generator.iterate(too_long, 1))
+
+
+def test_the_prompt_box_shows_its_token_count_and_limit(tiny_model_dir, engine):
+    waiting = GenerateHandlers(Engine(tiny_model_dir, device="cpu", dtype="fp32"))
+    assert waiting.token_line("a red circle") == "The token limit shows here once the model is loaded."
+    assert waiting.engine.state == "idle"  # typing does not load the model
+    gen = GenerateHandlers(engine)
+    loaded, limit = engine.get(), engine.get().prompt_token_limit
+    n = loaded.prompt_tokens("a red circle")
+    assert gen.token_line("a red circle") == f"{n} / {limit} tokens"
+    long = "Ω" * limit
+    assert gen.token_line(long) == f"**{loaded.prompt_tokens(long)} / {limit} tokens**: too long, shorten the prompt"
+    assert gen.token_line(None) == f"{loaded.prompt_tokens('')} / {limit} tokens"
 
 
 def test_generation_busy_session_is_refused(gen):
@@ -397,3 +467,102 @@ def test_a_batch_is_tiled_into_one_sheet_at_model_resolution():
     assert sheet.getpixel((0, 0)) == (255, 0, 0) and sheet.getpixel((33, 0)) == (0, 128, 0)
     assert sheet.getpixel((0, 33)) == (0, 0, 255) and sheet.getpixel((64, 64)) == (255, 255, 255)  # empty cell
     assert grid(tiles[:1]).size == (32, 32) and grid(tiles * 3).size == (98, 98)  # 9 images: 3 x 3
+
+
+# -- property: whatever arrives, a result or one clear message -------------------------------------------
+
+FIELDS = ("prompt", "CFG", "Steps", "Seed", "Number of images", "Sampler", "Preview", "message", "Temperature",
+          "Top-p", "Max new tokens", "Type a question", "images in one message", "file", "not an image")
+anything = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
+                     st.text(max_size=20), st.lists(st.integers(), max_size=2),
+                     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+
+
+def first_output_or_refusal(run) -> str | None:
+    """The run's first output (then cancel it, as a closed page does), or the refusal's message."""
+    try:
+        next(run)
+    except gr.Error as exc:
+        return exc.message
+    finally:
+        run.close()
+    return None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prompt=st.one_of(st.sampled_from(["a red circle", "", "  "]), anything),
+       cfg=st.one_of(st.floats(-1, 11), anything), steps=st.one_of(st.integers(0, 101), anything),
+       seed=st.one_of(st.integers(-1, 2**31), anything), num_images=st.one_of(st.integers(0, 9), anything),
+       sampler=st.one_of(st.sampled_from(["euler", "heun"]), anything),
+       preview=st.one_of(st.sampled_from(["x1", "zt", "x1-fast"]), anything))
+def test_generation_gives_a_result_or_one_clear_message(gen, prompt, cfg, steps, seed, num_images, sampler,
+                                                        preview):
+    message = first_output_or_refusal(gen.run(prompt, cfg, steps, seed, num_images, sampler, preview,
+                                              session("prop-gen")))
+    assert message is None or (any(f in message for f in FIELDS) and "Traceback" not in message)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=st.one_of(st.text(max_size=30), anything,
+                         st.fixed_dictionaries({"text": st.one_of(st.text(max_size=30), anything),
+                                                "files": st.one_of(st.lists(st.sampled_from(
+                                                    [str(EXAMPLE), "/nowhere.png", 5, {"path": None}]), max_size=5),
+                                                    anything)})),
+       temperature=st.one_of(st.floats(-1, 3), anything), top_p=st.one_of(st.floats(-1, 2), anything),
+       max_new_tokens=st.one_of(st.integers(0, 5000), anything), seed=st.one_of(st.integers(-1, 2**31), anything))
+def test_chat_gives_a_result_or_one_clear_message(chat, message, temperature, top_p, max_new_tokens, seed):
+    out = first_output_or_refusal(chat.submit(message, temperature, top_p, max_new_tokens, seed, None,
+                                              session("prop-chat")))
+    assert out is None or (any(f in out for f in FIELDS) and "Traceback" not in out)
+
+
+# -- components and unexpected failures ---------------------------------------------------------------------
+
+
+def test_checked_components_name_themselves_in_every_refusal():
+    from app.components import checked
+    from janusflow_core.limits import check_number
+
+    level = checked(gr.Slider(0, 5, label="Level"))  # gradio's own bound check, prefixed with the label
+    assert refusal_of(level.preprocess, 9).startswith("Level: Value 9 is greater than maximum value 5")
+    count = checked(gr.Number(label="Count", precision=0))  # gradio's own conversion failing on a wrong type
+    assert refusal_of(count.preprocess, "abc").startswith("Count: this value cannot be used")
+    steps = checked(gr.Slider(1, 100, label="Steps"), lambda v: check_number("Steps", v, (1, 100), integer=True))
+    assert refusal_of(steps.preprocess, "abc") == "Steps must be a whole number from 1 to 100, got 'abc'"
+    assert steps.preprocess(7) == 7 and level.preprocess(2.5) == 2.5
+
+
+def test_an_unexpected_error_mid_stream_is_one_line_for_the_user_and_a_traceback_for_the_operator(
+        gen, chat, engine, monkeypatch, caplog):
+    loaded = engine.get()
+    real = loaded.generator.iterate
+
+    def breaks_after_one_step(*args, **kwargs):
+        states = real(*args, **kwargs)
+        yield next(states)
+        raise KeyError("latent cache")
+
+    monkeypatch.setattr(loaded.generator, "iterate", breaks_after_one_step)
+    run = gen.run("a red circle", 2.0, 5, 3, 1, "euler", "x1", session("bug"))
+    assert "Step **1 / 5**" in next(run)[1]  # the first preview streamed
+    with caplog.at_level("ERROR"):
+        assert refusal_of(next, run) == "Generation failed (KeyError): 'latent cache'"
+    assert caplog.records[-1].exc_info[0] is KeyError and caplog.records[-1].name == "app.generate"
+    monkeypatch.setattr(loaded.generator, "iterate", real)
+    assert len(run_gen(gen, sid="bug", steps=1, num_images=1)) == 2  # the session is free again
+
+    def breaks_while_answering(*args, **kwargs):
+        yield "a"
+        raise LookupError("vocabulary")
+
+    monkeypatch.setattr(loaded.chat, "stream", breaks_while_answering)
+    with caplog.at_level("ERROR"):
+        assert refusal_of(ask, chat, "hello", sid="bug") == "The answer failed (LookupError): vocabulary"
+    assert caplog.records[-1].exc_info[0] is LookupError and caplog.records[-1].name == "app.chat"
+
+
+def refusal_of(fn, *args, **kwargs) -> str:
+    """The message of the gr.Error that ``fn(*args, **kwargs)`` raises (fails if it raises none)."""
+    with pytest.raises(gr.Error) as refused:
+        fn(*args, **kwargs)
+    return refused.value.message
