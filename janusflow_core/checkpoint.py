@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import limits
 from .config import JanusFlowConfig
 from .hub import resolve_folder
 from .modeling import JanusFlowModel
@@ -182,10 +183,43 @@ def load_model(folder: Path, config: JanusFlowConfig, device: torch.device, dtyp
     return model.eval().requires_grad_(False)
 
 
+def format_params(n: int) -> str:
+    """A parameter count for people: 950 -> '950', 9_612_345 -> '9.61 M', 1_300_000_000 -> '1.30 B'."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}" if n < 100 * size else f"{n / size:.0f} {unit}"
+    return str(n)
+
+
 def read_sampling(folder: Path | None) -> dict[str, Any]:
+    """The model's recommended sampling settings (``sampling.json``: steps, cfg), over the defaults.
+
+    Each key and value is checked against :mod:`janusflow_core.limits`; a bad file is an error naming the
+    file and the key, so a typo there is found when the model loads, not at the first generation.
+    """
     out = dict(DEFAULT_SAMPLING)
-    if folder is not None and (folder / SAMPLING_FILE).exists():
-        out.update(json.loads((folder / SAMPLING_FILE).read_text()))
+    if folder is None or not (folder / SAMPLING_FILE).exists():
+        return out
+    path = folder / SAMPLING_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); expected e.g. {json.dumps(DEFAULT_SAMPLING)}") \
+            from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object such as {json.dumps(DEFAULT_SAMPLING)}, "
+                              f"got {type(data).__name__}")
+    unknown = sorted(set(data) - set(DEFAULT_SAMPLING))
+    if unknown:
+        raise CheckpointError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: "
+                              f"{', '.join(DEFAULT_SAMPLING)}")
+    try:
+        if "steps" in data:
+            out["steps"] = limits.check_number("steps", data["steps"], limits.STEPS, integer=True)
+        if "cfg" in data:
+            out["cfg"] = limits.check_number("cfg", data["cfg"], limits.GUIDANCE)
+    except limits.InputError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     return out
 
 
@@ -216,7 +250,8 @@ def load_pretrained(path_or_id: str | Path | None = None, *, device: str | torch
             raise RuntimeError("8-bit loading needs a CUDA GPU (bitsandbytes); use --dtype bf16/fp16 elsewhere")
         if dt == torch.float32:
             dt = torch.float16
-    log.info("loading %s (%.2f B params) on %s in %s", folder, n_params / 1e9, dev, dt)
+    sampling = read_sampling(folder)  # checked before the weights are read
+    log.info("loading %s (%s params) on %s in %s", folder, format_params(n_params), dev, dt)
     model = load_model(folder, config, dev, dt)
     if load_8bit:
         from .quantization import quantize_llm_8bit
@@ -251,7 +286,7 @@ def load_pretrained(path_or_id: str | Path | None = None, *, device: str | torch
                                   f"expects {config.latent_channels}")
     name = str(path_or_id) if not Path(str(path_or_id)).is_dir() else Path(path_or_id).resolve().name
     return JanusFlowBundle(model=model, config=config, processor=processor, vae=vae_model,
-                           sampling=read_sampling(folder), path=folder, name=name)
+                           sampling=sampling, path=folder, name=name)
 
 
 def save_pretrained(model: JanusFlowModel, folder: str | Path, *, processor: Any = None, vae: Any = None,

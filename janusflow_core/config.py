@@ -347,9 +347,15 @@ class JanusFlowConfig:
             data = json.loads(path.read_text())
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"no config.json at {path}") from exc
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        return cls.from_official_dict(data, **kwargs)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object (the official JanusFlow config), "
+                             f"got {type(data).__name__}")
+        try:
+            return cls.from_official_dict(data, **kwargs)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path} is not a JanusFlow config: {type(exc).__name__} {exc}") from exc
 
 
 def conv_out_side(side: int, kernel: int, stride: int, padding: int) -> int:

@@ -18,7 +18,7 @@ GUIDANCE = (0.0, 10.0)  # CFG weight w; 1 is conditional only, 0 unconditional o
 TEMPERATURE = (0.0, 2.0)  # 0 = greedy
 TOP_P = (0.01, 1.0)
 MAX_NEW_TOKENS = (1, 4096)
-MAX_MESSAGE_CHARS = 4000  # one chat message, before tokenising (the token limit is checked after)
+MAX_MESSAGE_CHARS = 4000  # one chat message or generation prompt, before tokenising (tokens are checked after)
 MAX_IMAGES_PER_MESSAGE = 4
 MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000; the model sees 384 x 384 anyway
 
@@ -32,6 +32,10 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _bound(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def check_number(name: str, value: Any, bounds: tuple[float, float], *, integer: bool = False) -> float | int:
     """``value`` as a number within ``bounds`` (inclusive), else an InputError naming ``name``.
 
@@ -39,8 +43,8 @@ def check_number(name: str, value: Any, bounds: tuple[float, float], *, integer:
     NaN, infinities and, with ``integer``, fractions.
     """
     low, high = bounds
-    allowed = f"{'a whole number' if integer else 'a number'} from {low:g} to {high:g}"
-    if isinstance(value, bool) or value is None:
+    allowed = f"{'a whole number' if integer else 'a number'} from {_bound(low)} to {_bound(high)}"
+    if isinstance(value, bool) or value is None or (isinstance(value, str) and len(value) > 100):
         raise InputError(f"{name} must be {allowed}, got {_describe(value)}")
     try:
         number = float(value)
@@ -62,4 +66,15 @@ def check_choice(name: str, value: Any, choices: Any) -> str:
     options = list(choices)
     if not isinstance(value, str) or value not in options:
         raise InputError(f"{name} must be one of {', '.join(options)}; got {_describe(value)}")
+    return value
+
+
+def check_text(name: str, value: Any, max_chars: int = MAX_MESSAGE_CHARS) -> str:
+    """``value`` if it is a string with some non-blank text and at most ``max_chars`` characters."""
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be text, got {_describe(value)}")
+    if not value.strip():
+        raise InputError(f"{name} is empty; write some text")
+    if len(value) > max_chars:
+        raise InputError(f"{name} is {len(value)} characters long; the limit is {max_chars}")
     return value

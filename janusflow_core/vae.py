@@ -6,6 +6,7 @@ by the scaling factor first (SPEC 5.5; SDXL-VAE: 0.13025, no shift).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,8 +14,35 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 
 log = logging.getLogger(__name__)
+
+
+class VAELoadError(ValueError):
+    """The VAE folder is incomplete or a file in it is unreadable; the message names the file."""
+
+
+def check_vae_folder(folder: Path) -> None:
+    """Refuse a VAE folder without ``config.json`` or with a truncated / corrupt weights file, naming the
+    file (reads only the config and the safetensors headers, which record each file's full size)."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise VAELoadError(f"the VAE folder {folder} has no config.json (a diffusers AutoencoderKL folder is "
+                           "expected: config.json + diffusion_pytorch_model.safetensors)")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VAELoadError(f"{config} is not valid JSON ({exc})") from exc
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise VAELoadError(f"the VAE folder {folder} has no .safetensors weights file")
+    for f in weights:
+        try:
+            with safe_open(f, framework="pt") as sf:
+                sf.keys()
+        except (SafetensorError, OSError) as exc:
+            raise VAELoadError(f"VAE weights file {f} is corrupt or truncated ({exc}); download it again") from exc
 
 
 class VAE:
@@ -40,7 +68,12 @@ class VAE:
         from .hub import resolve_folder
 
         folder = resolve_folder(path_or_id, what="VAE", allow_patterns=["config.json", "*.safetensors"])
-        autoencoder = AutoencoderKL.from_pretrained(folder, torch_dtype=safe_vae_dtype(dtype, device))
+        check_vae_folder(folder)
+        try:
+            autoencoder = AutoencoderKL.from_pretrained(folder, torch_dtype=safe_vae_dtype(dtype, device))
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VAELoadError(f"the VAE in {folder} could not be loaded: {first}") from exc
         return cls(autoencoder.to(device=device))
 
     @torch.no_grad()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 
 import pytest
@@ -10,8 +12,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from janusflow_core import load_pretrained, save_pretrained
-from janusflow_core.checkpoint import CheckpointError, cpu_has_native_bf16, pick_device, pick_dtype
-from janusflow_core.vae import safe_vae_dtype
+from janusflow_core.checkpoint import (
+    CheckpointError,
+    cpu_has_native_bf16,
+    format_params,
+    pick_device,
+    pick_dtype,
+    read_sampling,
+)
+from janusflow_core.vae import VAELoadError, safe_vae_dtype
 
 
 def _copy(src, dst):
@@ -126,3 +135,62 @@ def test_processor_token_count_must_match_the_encoder(tiny_model_dir, tmp_path):
     (d / "processor_config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="num_image_tokens=99"):
         load_pretrained(d, device="cpu")
+
+
+def test_truncated_vae_weights_name_the_file(tiny_model_dir, tmp_path):
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    weights = d / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(VAELoadError, match=rf"VAE weights file {re.escape(str(weights))} is corrupt or truncated"):
+        load_pretrained(d, device="cpu")
+    (d / "vae" / "config.json").unlink()
+    with pytest.raises(VAELoadError, match="has no config.json"):
+        load_pretrained(d, device="cpu")
+
+
+def test_missing_tokenizer_json_is_named_not_blamed_on_sentencepiece(tiny_model_dir, tmp_path):
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    (d / "tokenizer.json").unlink()
+    expected = rf"no tokenizer in {re.escape(str(d))}: expected tokenizer.json"
+    with pytest.raises(FileNotFoundError, match=expected) as err:
+        load_pretrained(d, device="cpu")
+    assert "sentencepiece" not in str(err.value)
+    (d / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match=rf"the tokenizer in {re.escape(str(d))} could not be read"):
+        load_pretrained(d, device="cpu")
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"steps": "thirty", "cfg": 2}', "steps must be a whole number from 1 to 100, got 'thirty'"),
+    ('{"steps": 30, "cfg": -1}', "cfg must be a number from 0 to 10, got -1"),
+    ('{"steps": 30, "cgf": 2}', "unknown key(s) 'cgf'; allowed keys: steps, cfg"),
+    ('{"steps": 30,', "is not valid JSON"),
+    ('[30, 2]', "must hold a JSON object"),
+])
+def test_bad_sampling_json_names_the_file_and_key(tiny_model_dir, tmp_path, text, message):
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    (d / "sampling.json").write_text(text)
+    with pytest.raises(CheckpointError, match=re.escape(f"{d / 'sampling.json'}") + ".*" + re.escape(message)):
+        read_sampling(d)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_pretrained(d, device="cpu")
+
+
+def test_sampling_json_values_are_read_as_numbers(tmp_path):
+    (tmp_path / "sampling.json").write_text('{"steps": "12", "cfg": 4}')
+    assert read_sampling(tmp_path) == {"steps": 12, "cfg": 4.0}
+    assert read_sampling(None) == {"steps": 30, "cfg": 2.0}
+
+
+@pytest.mark.parametrize("n,text", [(0, "0"), (950, "950"), (1_000, "1 K"), (96_512, "96.5 K"),
+                                    (9_612_345, "9.61 M"), (123_456_789, "123 M"), (1_300_000_000, "1.3 B"),
+                                    (2_046_000_000, "2.05 B")])
+def test_parameter_counts_use_a_readable_unit(n, text):
+    assert format_params(n) == text
+
+
+def test_load_log_gives_small_models_in_millions(tiny_model_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="janusflow_core.checkpoint"):
+        load_pretrained(tiny_model_dir, device="cpu", dtype="fp32", with_vae=False)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("loading "))
+    assert re.search(r"\((\d+(\.\d+)?) [KM] params\)", line), line

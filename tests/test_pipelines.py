@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 
 from janusflow_core import ChatPipeline, GenerationPipeline
-from janusflow_core.pipelines import MAX_IMAGES
+from janusflow_core.limits import IMAGES, SEED, STEPS, InputError
 
 
 @pytest.fixture(scope="module")
@@ -86,17 +87,19 @@ def test_defaults_come_from_the_model_sampling_settings(gen):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"steps": 0}, "steps must be between 1 and 1000"),
-    ({"steps": 1001}, "steps must be between 1 and 1000"),
-    ({"cfg": -0.5}, "cfg must be a finite number >= 0"),
-    ({"cfg": float("nan")}, "cfg must be a finite number >= 0"),
-    ({"num_images": 0}, f"num_images must be between 1 and {MAX_IMAGES}"),
-    ({"num_images": MAX_IMAGES + 1}, f"num_images must be between 1 and {MAX_IMAGES}"),
-    ({"sampler": "dpm"}, "allowed: euler, heun"),
-    ({"seed": -1}, "seed must be an integer"),
+    ({"steps": 0}, f"steps must be a whole number from 1 to {STEPS[1]}, got 0"),
+    ({"steps": STEPS[1] + 1}, f"steps must be a whole number from 1 to {STEPS[1]}"),
+    ({"steps": 2.5}, "steps must be a whole number"),
+    ({"cfg": -0.5}, "cfg must be a number from 0 to 10, got -0.5"),
+    ({"cfg": float("nan")}, "cfg must be a number from 0 to 10, got nan"),
+    ({"num_images": 0}, f"num_images must be a whole number from 1 to {IMAGES[1]}"),
+    ({"num_images": IMAGES[1] + 1}, f"num_images must be a whole number from 1 to {IMAGES[1]}"),
+    ({"sampler": "dpm"}, "sampler must be one of euler, heun; got 'dpm'"),
+    ({"seed": -1}, f"seed must be a whole number from 0 to {SEED[1]}, got -1"),
+    ({"seed": SEED[1] + 1}, f"seed must be a whole number from 0 to {SEED[1]}"),
 ])
 def test_bad_generation_arguments_are_clear_errors(gen, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=re.escape(message)):
         gen("a circle", **kwargs)
 
 
@@ -105,6 +108,8 @@ def test_empty_and_overlong_prompts(gen):
         gen("   ")
     limit = gen.config.llm.max_position_embeddings - 1 - gen.config.num_gen_tokens
     with pytest.raises(ValueError, match=f"the limit is {limit}"):
+        gen("circle " * 500)
+    with pytest.raises(InputError, match="the prompt is 4200 characters long; the limit is 4000"):
         gen("circle " * 600)
 
 
@@ -194,12 +199,13 @@ def test_image_token_count_mismatch_raises(tiny_bundle):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"max_new_tokens": 0}, "max_new_tokens must be between"),
-    ({"temperature": -1}, "temperature must be between"),
-    ({"top_p": 0}, "top_p must be in"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be a whole number from 1 to 4096, got 0"),
+    ({"temperature": -1}, "temperature must be a number from 0 to 2, got -1"),
+    ({"top_p": 0}, "top_p must be a number from 0.01 to 1, got 0"),
+    ({"seed": "x"}, "seed must be a whole number from 0 to 2147483647, got 'x'"),
 ])
 def test_bad_chat_arguments(chat, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=re.escape(message)):
         list(chat.stream([{"role": "user", "content": "hi"}], None, **kwargs))
 
 

@@ -1,6 +1,5 @@
 import io
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,7 @@ import torch
 from helpers_tokenizer import make_bare_tokenizer, make_tokenizer
 from PIL import Image
 
+from janusflow_core.limits import InputError
 from janusflow_core.processing import (
     DEFAULT_SYSTEM_PROMPT,
     BatchedInputs,
@@ -21,6 +21,7 @@ from janusflow_core.processing import (
     render_chat,
     render_generation_prompt,
 )
+from janusflow_core.processing import image as image_module
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-tiny-a"
 needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"parity fixture folder missing: {FIXTURE}")
@@ -167,16 +168,36 @@ def test_non_image_raises_clear_error(tmp_path):
         load_image(np.zeros((2, 2, 3), dtype=np.float32))
 
 
-def test_tiny_and_huge_images():
+def test_tiny_and_huge_images(monkeypatch, tmp_path):
     proc = ImageProcessor(ImageProcessorConfig(image_size=32))
     assert proc([Image.new("RGB", (1, 1), "red")]).shape == (1, 3, 32, 32)
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    big = tmp_path / "blank.png"
+    Image.new("1", (8000, 8000), 1).save(big)  # 64 MP, above limits.MAX_IMAGE_PIXELS (50 MP)
+    with pytest.raises(InputError, match=r"blank\.png' is 8000 x 8000 = 64\.0 megapixels; the limit is 50 megapixels"):
+        proc([big])
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # the global Pillow setting is left as it was
     buf = io.BytesIO()
-    Image.new("1", (10000, 10000), 1).save(buf, format="PNG")  # 1e8 pixels: above Pillow's default warning limit
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        out = proc([buf.getvalue()])
-    assert out.shape == (1, 3, 32, 32) and torch.all(out == 1.0)
-    assert Image.MAX_IMAGE_PIXELS < 10000 * 10000  # the global limit is restored afterwards
+    Image.new("RGB", (10, 11), "blue").save(buf, format="PNG")
+    monkeypatch.setattr(image_module, "MAX_IMAGE_PIXELS", 110)  # the bound is inclusive
+    assert proc([buf.getvalue()]).shape == (1, 3, 32, 32)
+    monkeypatch.setattr(image_module, "MAX_IMAGE_PIXELS", 109)
+    with pytest.raises(InputError, match="10 x 11"):
+        load_image(buf.getvalue())
+    with pytest.raises(InputError, match="10 x 11"):  # images given as objects obey the same limit
+        load_image(Image.new("RGB", (10, 11)))
+
+
+def test_truncated_and_corrupt_files_are_clear_errors(tmp_path):
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buf, format="PNG")
+    data = buf.getvalue()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"cut\.png' could not be decoded as an image .*truncated or corrupt"):
+        load_image(cut)
+    with pytest.raises(InputError, match="is a folder, not an image file"):
+        load_image(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ chat

@@ -1,4 +1,5 @@
-from .generate import MAX_IMAGES, MAX_STEPS, GenerationPipeline, GenerationResult
-from .understand import ChatPipeline, generate_tokens
+from .generate import GenerationPipeline, GenerationResult, check_generation_inputs
+from .understand import ChatPipeline, check_chat_inputs, generate_tokens
 
-__all__ = ["MAX_IMAGES", "MAX_STEPS", "ChatPipeline", "GenerationPipeline", "GenerationResult", "generate_tokens"]
+__all__ = ["ChatPipeline", "GenerationPipeline", "GenerationResult", "check_chat_inputs", "check_generation_inputs",
+           "generate_tokens"]

@@ -14,13 +14,29 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from .. import limits
 from ..checkpoint import JanusFlowBundle
 from ..modeling import PromptState
 from ..sampling import SOLVERS, StepState, cfg, integrate
 from ..vae import to_pil
 
-MAX_STEPS = 1000
-MAX_IMAGES = 16  # images per call; more is allowed by looping over calls
+
+def check_generation_inputs(prompt: str, steps: int | None, cfg_weight: float | None, num_images: int, sampler: str,
+                            seed: int) -> tuple[int | None, float | None, int, int]:
+    """Check one request against :mod:`janusflow_core.limits` before any model work; raises InputError.
+
+    ``steps`` / ``cfg_weight`` may be None (the model's recommendation is used, checked when it is read).
+    Returns (steps, cfg_weight, num_images, seed) as numbers.
+    """
+    limits.check_text("the prompt", prompt)
+    if steps is not None:
+        steps = limits.check_number("steps", steps, limits.STEPS, integer=True)
+    if cfg_weight is not None:
+        cfg_weight = limits.check_number("cfg", cfg_weight, limits.GUIDANCE)
+    num_images = limits.check_number("num_images", num_images, limits.IMAGES, integer=True)
+    limits.check_choice("sampler", sampler, SOLVERS)
+    seed = limits.check_number("seed", seed, limits.SEED, integer=True)
+    return steps, cfg_weight, num_images, seed
 
 
 @dataclass
@@ -46,20 +62,10 @@ class GenerationPipeline:
     # 1. check inputs ---------------------------------------------------------------------------------
     def check_inputs(self, prompt: str, steps: int | None, cfg_weight: float | None, num_images: int,
                      sampler: str, seed: int) -> tuple[int, float]:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("the prompt is empty; describe the image to generate")
-        steps = int(self.bundle.sampling.get("steps", 30) if steps is None else steps)
-        cfg_weight = float(self.bundle.sampling.get("cfg", 2.0) if cfg_weight is None else cfg_weight)
-        if not 1 <= steps <= MAX_STEPS:
-            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
-        if not (cfg_weight >= 0 and cfg_weight < float("inf")):
-            raise ValueError(f"cfg must be a finite number >= 0, got {cfg_weight}")
-        if not 1 <= int(num_images) <= MAX_IMAGES:
-            raise ValueError(f"num_images must be between 1 and {MAX_IMAGES}, got {num_images}")
-        if sampler not in SOLVERS:
-            raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SOLVERS)}")
-        if not 0 <= int(seed) < 2**63 - MAX_IMAGES:
-            raise ValueError(f"seed must be an integer between 0 and 2**63 - {MAX_IMAGES + 1}, got {seed}")
+        """(steps, cfg weight) after the limits checks, unset values taken from the model's sampling.json."""
+        steps, cfg_weight, _, _ = check_generation_inputs(prompt, steps, cfg_weight, num_images, sampler, seed)
+        steps = int(self.bundle.sampling.get("steps", 30)) if steps is None else steps
+        cfg_weight = float(self.bundle.sampling.get("cfg", 2.0)) if cfg_weight is None else cfg_weight
         return steps, cfg_weight
 
     # 2. noise -------------------------------------------------------------------------------------------
@@ -103,6 +109,7 @@ class GenerationPipeline:
                 use_cache: bool = True) -> Iterator[StepState]:
         """Yield one StepState per solver step (no decoding). The last state's z_next is the result."""
         steps, cfg_weight = self.check_inputs(prompt, steps, cfg, num_images, sampler, seed)
+        num_images, seed = int(num_images), int(seed)  # checked whole numbers (maybe given as "2" or 2.0)
         guided = cfg_weight != 1.0
         tokens, mask = self.prompt_rows(prompt, num_images, guided)
         state = self.encode_prompt(tokens, mask, use_cache)
@@ -129,6 +136,7 @@ class GenerationPipeline:
         stops between steps (the result then holds the last predicted clean images)."""
         start = time.perf_counter()
         steps_n, cfg_weight = self.check_inputs(prompt, steps, cfg, num_images, sampler, seed)
+        seed = int(seed)
         last: StepState | None = None
         interrupted = False
         for last in self.iterate(prompt, steps_n, cfg_weight, seed, num_images, sampler, latents, use_cache):

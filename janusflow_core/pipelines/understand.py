@@ -21,6 +21,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from .. import limits
 from ..checkpoint import JanusFlowBundle
 from ..processing import BatchedInputs
 
@@ -93,9 +94,18 @@ def generate_tokens(bundle: JanusFlowBundle, batch: BatchedInputs, max_new_token
             output_scores=output_scores, return_dict_in_generate=output_scores)
 
 
-class ChatPipeline:
-    MAX_NEW_TOKENS = 4096
+def check_chat_inputs(max_new_tokens: int, temperature: float, top_p: float,
+                      seed: int | None = None) -> tuple[int, float, float, int | None]:
+    """Check the decoding settings against :mod:`janusflow_core.limits`; raises InputError."""
+    max_new_tokens = limits.check_number("max_new_tokens", max_new_tokens, limits.MAX_NEW_TOKENS, integer=True)
+    temperature = limits.check_number("temperature", temperature, limits.TEMPERATURE)
+    top_p = limits.check_number("top_p", top_p, limits.TOP_P)
+    if seed is not None:
+        seed = limits.check_number("seed", seed, limits.SEED, integer=True)
+    return max_new_tokens, temperature, top_p, seed
 
+
+class ChatPipeline:
     def __init__(self, bundle: JanusFlowBundle):
         if bundle.processor is None:
             raise ValueError("chat needs a processor (tokenizer + image settings); load the bundle with one")
@@ -111,21 +121,13 @@ class ChatPipeline:
         return self.processor(list(conversations), images, system_prompt=system_prompt,
                               max_length=self._context_limit() - 1)
 
-    def _check(self, max_new_tokens: int, temperature: float, top_p: float) -> None:
-        if not 1 <= int(max_new_tokens) <= self.MAX_NEW_TOKENS:
-            raise ValueError(f"max_new_tokens must be between 1 and {self.MAX_NEW_TOKENS}, got {max_new_tokens}")
-        if not 0 <= float(temperature) <= 5:
-            raise ValueError(f"temperature must be between 0 and 5, got {temperature}")
-        if not 0 < float(top_p) <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-
     def stream(self, messages: Sequence[Message], images: Sequence[Any] | None = None, *, max_new_tokens: int = 512,
                temperature: float = 0.0, top_p: float = 0.95, seed: int | None = None,
                stop_event: threading.Event | None = None, system_prompt: str | None = None,
                stats: dict[str, Any] | None = None) -> Iterator[str]:
         """Yield the answer's text pieces as they are decoded. ``stats`` (if given) is filled at the end
         with prompt_tokens, new_tokens, seconds and tokens_per_s."""
-        self._check(max_new_tokens, temperature, top_p)
+        max_new_tokens, temperature, top_p, seed = check_chat_inputs(max_new_tokens, temperature, top_p, seed)
         batch = self.prepare([messages], [images] if images is not None else None, system_prompt)
         prompt_len = batch.input_ids.shape[1]
         max_new = min(int(max_new_tokens), self._context_limit() - prompt_len)
@@ -137,7 +139,7 @@ class ChatPipeline:
         def run() -> None:
             try:
                 generate_tokens(self.bundle, batch, max_new, temperature, top_p, streamer, stop_event,
-                                seed=None if seed is None else int(seed))
+                                seed=seed)
             except BaseException as exc:  # surfaced in the caller's thread below
                 error.append(exc)
                 streamer.end()
@@ -175,7 +177,7 @@ class ChatPipeline:
     def answer_batch(self, questions: Sequence[str], images: Sequence[Sequence[Any] | None],
                      max_new_tokens: int = 64) -> list[str]:
         """Greedy answers for many (question, images) pairs in one left-padded batch."""
-        self._check(max_new_tokens, 0.0, 1.0)
+        max_new_tokens = check_chat_inputs(max_new_tokens, 0.0, 1.0)[0]
         convs = [[{"role": "user", "content": q}] for q in questions]
         batch = self.prepare(convs, [list(i) if i else None for i in images])
         out = generate_tokens(self.bundle, batch, max_new_tokens)

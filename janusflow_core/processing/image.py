@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -29,14 +30,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..limits import MAX_IMAGE_PIXELS, InputError
+
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
 ImageInput = str | os.PathLike | bytes | bytearray | Image.Image | np.ndarray
 
-# Pillow refuses images above ~179 M pixels (and warns above ~89 M) to protect servers from
-# decompression bombs. Users of this model legitimately drop in very large photos or scans, so our
-# loader (and only our loader, for the duration of one open) raises the limit to 20000 x 20000.
-MAX_IMAGE_PIXELS = 20000 * 20000
+# Pillow warns above ~89 M pixels and refuses above ~179 M (decompression bombs). Our own limit is the
+# core one, janusflow_core.limits.MAX_IMAGE_PIXELS (50 M, about 7000 x 7000): the size is read from the
+# file's header and a larger image is refused before its pixels are decoded. The model sees 384 x 384.
 _BOMB_LIMIT_LOCK = threading.Lock()
 
 SUPPORTED_FORMATS = "PNG, JPEG, WEBP, GIF, BMP, TIFF, ICO, PPM/PGM (anything Pillow can read)"
@@ -82,7 +84,13 @@ class ImageProcessorConfig:
         path = Path(folder) / PREPROCESSOR_CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: the checkpoint folder must contain {PREPROCESSOR_CONFIG_NAME}")
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON object is expected, got {type(data).__name__}")
+            return cls.from_dict(data)
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{path} is not a valid {path.name}: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,25 +104,43 @@ class ImageProcessorConfig:
 # Loading
 
 
-def _open_with_raised_limit(source: Any, name: str) -> Image.Image:
-    with _BOMB_LIMIT_LOCK:
-        previous = Image.MAX_IMAGE_PIXELS
-        if previous is not None and previous < MAX_IMAGE_PIXELS:
-            Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-        try:
-            im = Image.open(source)
-            im.load()  # single-frame files are read and closed here
-            if getattr(im, "n_frames", 1) > 1:  # animations keep their file open: keep frame 0 only
-                first = im.copy()
-                im.close()
-                im = first
-            return im
-        except UnidentifiedImageError as e:
-            raise ValueError(f"{name} is not a readable image; supported formats: {SUPPORTED_FORMATS}") from e
-        except Image.DecompressionBombError as e:
-            raise ValueError(f"{name} is larger than the {MAX_IMAGE_PIXELS} pixel limit of this loader ({e})") from e
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
+def check_image_size(width: int, height: int, name: str) -> None:
+    """Refuse an image above ``limits.MAX_IMAGE_PIXELS`` (or with no pixels), saying what is allowed."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"{name} is {width} x {height} = {width * height / 1e6:.1f} megapixels; the limit is "
+                         f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels (about 7000 x 7000): downscale it first")
+    if width < 1 or height < 1:
+        raise InputError(f"{name} is {width} x {height} pixels: an image needs at least one pixel")
+
+
+def _open_checked(source: Any, name: str) -> Image.Image:
+    """Open, check the size from the header, then decode. Pillow's own bomb check is switched off for the
+    header read only (under a lock, as it is a process-wide setting): ours is stricter and gives the size."""
+    try:
+        with _BOMB_LIMIT_LOCK:
+            previous = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                im = Image.open(source)  # reads the header only
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+        check_image_size(*im.size, name)
+        im.load()  # single-frame files are read and closed here
+        if getattr(im, "n_frames", 1) > 1:  # animations keep their file open: keep frame 0 only
+            first = im.copy()
+            im.close()
+            im = first
+        return im
+    except UnidentifiedImageError as e:
+        raise InputError(f"{name} is not a readable image; supported formats: {SUPPORTED_FORMATS}") from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
+            ZeroDivisionError, Image.DecompressionBombError) as e:
+        if isinstance(e, InputError):
+            raise
+        # truncated or corrupt data: Pillow raises any of these from its format plugins
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{name} could not be decoded as an image ({detail}); the file may be truncated or "
+                         f"corrupt. Supported formats: {SUPPORTED_FORMATS}") from e
 
 
 def _scale_to_uint8(arr: np.ndarray, lo: float, hi: float) -> Image.Image:
@@ -178,20 +204,25 @@ def load_image(x: ImageInput) -> Image.Image:
     """Return a PIL RGB image from a path, encoded bytes, a PIL image or an HWC uint8 array.
 
     Alpha is composited over white; 16-bit and float images are scaled to 8 bits by their range.
-    Raises ValueError (naming the file and the supported formats) for data that is not an image.
+    Raises InputError (a ValueError naming the file and the supported formats) for data that is not an
+    image, a truncated or corrupt file, or an image above ``limits.MAX_IMAGE_PIXELS``.
     No EXIF rotation is applied, like the official pipeline (``Image.open(...).convert("RGB")``).
     """
     if isinstance(x, Image.Image):
         im = x
+        check_image_size(*im.size, "the given image")
     elif isinstance(x, np.ndarray):
         im = _array_to_pil(x)
+        check_image_size(*im.size, "the given array")
     elif isinstance(x, (bytes, bytearray)):
-        im = _open_with_raised_limit(io.BytesIO(bytes(x)), f"the given image bytes ({len(x)} bytes)")
+        im = _open_checked(io.BytesIO(bytes(x)), f"the given image bytes ({len(x)} bytes)")
     elif isinstance(x, (str, os.PathLike)):
         path = Path(x)
+        if path.is_dir():
+            raise InputError(f"{path} is a folder, not an image file")
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path}")
-        im = _open_with_raised_limit(path, f"file {str(path)!r}")
+        im = _open_checked(path, f"file {str(path)!r}")
     else:
         raise TypeError(f"cannot load an image from {type(x).__name__}; pass a path, bytes, PIL image or numpy array")
     return to_rgb(im)

@@ -32,6 +32,25 @@ PAD_TOKEN = "<｜▁pad▁｜>"
 # --------------------------------------------------------------------------------------------------
 # Configuration and special tokens
 
+# Files from which transformers can build a tokenizer without converting a slow one.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def load_tokenizer(folder: str | os.PathLike) -> Any:
+    """``AutoTokenizer`` on ``folder``, after checking that it holds a tokenizer at all: without one
+    transformers blames a missing sentencepiece/tiktoken install, which is not the problem."""
+    from transformers import AutoTokenizer
+
+    path = Path(folder)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"no tokenizer in {path}: expected tokenizer.json (or {', '.join(TOKENIZER_FILES[1:])})"
+                                " beside tokenizer_config.json; copy it from the model's original folder")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError covers bad JSON
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"the tokenizer in {path} could not be read: {first}") from exc
+
 
 @dataclass(frozen=True)
 class ProcessorConfig:
@@ -73,7 +92,13 @@ class ProcessorConfig:
         path = Path(folder) / PROCESSOR_CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: the checkpoint folder must contain {PROCESSOR_CONFIG_NAME}")
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"a JSON object is expected, got {type(data).__name__}")
+            return cls.from_dict(data)
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{path} is not a valid {path.name}: {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -292,10 +317,8 @@ class JanusFlowProcessor:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, **kwargs: Any) -> JanusFlowProcessor:
         """Tokenizer (``AutoTokenizer``), ``processor_config.json`` and ``preprocessor_config.json``."""
-        from transformers import AutoTokenizer
-
         config = ProcessorConfig.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = load_tokenizer(folder)
         return cls(
             tokenizer,
             ImageProcessor.from_pretrained(folder),
