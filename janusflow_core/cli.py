@@ -30,10 +30,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from . import limits
-from .errors import EXIT_INPUT, run_guarded
+from .errors import EXIT_INPUT, OneLineParser, run_guarded
 from .limits import InputError
 
 log = logging.getLogger("janusflow_core")
@@ -41,14 +41,6 @@ log = logging.getLogger("janusflow_core")
 BATCH_SIZE = (1, 256)  # --batch-size of --questions-file
 PROMPT_KEYS = ("prompt", "seed", "steps", "cfg", "num_images", "sampler")
 QUESTION_KEYS = ("question", "image")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one ``error:`` line (exit 2) like every other refusal."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(EXIT_INPUT)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -65,8 +57,8 @@ def _limit(bounds: tuple[float, float]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     # Numbers are taken as text and checked by janusflow_core.limits (same words as the pipelines and the app).
-    ap = _Parser(prog="python -m janusflow_core", description="JanusFlow: generate images or chat.")
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    ap = OneLineParser(prog="python -m janusflow_core", description="JanusFlow: generate images or chat.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     g = sub.add_parser("generate", help="text -> image(s)")
     _add_model_args(g)
     src = g.add_mutually_exclusive_group(required=True)

@@ -10,7 +10,6 @@ name and shape. Works for any fixture set in that format (other sizes, other set
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -20,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import load_pretrained
-from .errors import run_guarded
+from .errors import OneLineParser, run_guarded
 from .pipelines import GenerationPipeline, generate_tokens
 from .processing import ImageProcessor, ImageProcessorConfig, JanusFlowProcessor, SpecialTokens
 
@@ -135,7 +134,7 @@ def run(fixture: Path) -> dict[str, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0, or 2 with one ``error:`` line (missing or malformed fixture files, unwritable OUT)."""
-    ap = argparse.ArgumentParser(prog="python -m janusflow_core.conformance", description=__doc__.split("\n\n")[0])
+    ap = OneLineParser(prog="python -m janusflow_core.conformance", description=__doc__.split("\n\n")[0])
     ap.add_argument("fixture_dir", type=Path)
     ap.add_argument("out", type=Path)
     args = ap.parse_args(argv)

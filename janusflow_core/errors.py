@@ -8,9 +8,11 @@ exit status 1 and a hint; ``JANUSFLOW_TRACEBACK=1`` lets it through with its tra
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from safetensors import SafetensorError
 
@@ -53,3 +55,11 @@ def run_guarded(func: Callable[[], int | None], stderr=None) -> int:
         print(f"error: unexpected {type(exc).__name__}: {user_message(exc)} (this is a bug: please report it; "
               "JANUSFLOW_TRACEBACK=1 shows the traceback)", file=stream)
         return EXIT_BUG
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``error:`` line (exit 2) like every other refusal."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_INPUT)

@@ -15,16 +15,16 @@ import sys
 from pathlib import Path
 
 from .. import limits
-from ..errors import run_guarded
+from ..errors import OneLineParser, run_guarded
 from ..limits import InputError
 from . import benchmarks
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m janusflow_core.evaluation", description=__doc__.split("\n")[0]
     )
-    sub = parser.add_subparsers(dest="benchmark", required=True)
+    sub = parser.add_subparsers(dest="benchmark", required=True, parser_class=OneLineParser)
     benchmarks_help = (("geneval", "GenEval-style generation benchmark"), ("vqa", "one-word VQA benchmark"),
                        ("vae", "geneval check of rendered scenes after a VAE round trip (the VAE's ceiling)"))
     for name, help_text in benchmarks_help:
