@@ -10,7 +10,6 @@ name and shape. Works for any fixture set in that format (other sizes, other set
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import load_pretrained
+from .errors import OneLineParser, run_guarded
 from .pipelines import GenerationPipeline, generate_tokens
 from .processing import ImageProcessor, ImageProcessorConfig, JanusFlowProcessor, SpecialTokens
 
@@ -133,16 +133,29 @@ def run(fixture: Path) -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m janusflow_core.conformance", description=__doc__.split("\n\n")[0])
+    """Exit status 0, or 2 with one ``error:`` line (missing or malformed fixture files, unwritable OUT)."""
+    ap = OneLineParser(prog="python -m janusflow_core.conformance", description=__doc__.split("\n\n")[0])
     ap.add_argument("fixture_dir", type=Path)
     ap.add_argument("out", type=Path)
     args = ap.parse_args(argv)
-    torch.manual_seed(0)
-    out = run(args.fixture_dir)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(args.out))
-    print(f"wrote {len(out)} tensors to {args.out}", file=sys.stderr)
-    return 0
+
+    def convert() -> int:
+        if not args.fixture_dir.is_dir():
+            raise FileNotFoundError(f"fixture folder {args.fixture_dir} does not exist or is not a folder")
+        if args.out.is_dir():
+            raise IsADirectoryError(f"OUT {args.out} is a folder; give a .safetensors file path")
+        torch.manual_seed(0)
+        try:
+            out = run(args.fixture_dir)
+        except KeyError as exc:  # a tensor or setting the fixture format requires is absent
+            raise ValueError(f"{args.fixture_dir} is not a complete fixture: {exc} is missing from its "
+                             "fixture_meta.json or inputs.safetensors") from exc
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(out, str(args.out))
+        print(f"wrote {len(out)} tensors to {args.out}", file=sys.stderr)
+        return 0
+
+    return run_guarded(convert)
 
 
 if __name__ == "__main__":

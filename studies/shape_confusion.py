@@ -18,6 +18,7 @@ import torch
 
 from janusflow_core import GenerationPipeline, load_pretrained
 from janusflow_core.evaluation.scoring import detect
+from janusflow_core.limits import IMAGES
 from janusflow_core.shapes.world import SHAPES
 
 
@@ -31,12 +32,14 @@ def outcome(image) -> str:
 
 
 def confusion(pipe: GenerationPipeline, cfg: float, images: int) -> dict[str, dict[str, int]]:
-    """``{"a circle": {outcome: count}, ...}`` over ``images`` samples per prompt (seeds 1000 on, 16 a batch)."""
+    """``{"a circle": {outcome: count}, ...}`` over ``images`` samples per prompt (seeds 1000 on, in batches of
+    ``limits.IMAGES[1]``; image k of a batch uses seed start + k, so the batching does not pick the images)."""
+    batch = IMAGES[1]
     table = {}
     for shape in SHAPES:
         counts: collections.Counter = collections.Counter()
-        for start in range(1000, 1000 + images, 16):
-            n = min(16, 1000 + images - start)
+        for start in range(1000, 1000 + images, batch):
+            n = min(batch, 1000 + images - start)
             counts.update(outcome(im) for im in pipe(f"a {shape}", cfg=cfg, seed=start, num_images=n).images)
         table[f"a {shape}"] = dict(counts.most_common())
     return table

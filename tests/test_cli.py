@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 from PIL import Image
+
+from janusflow_core import checkpoint, cli
+from janusflow_core.pipelines import ChatPipeline
 
 
 def _run(*args, **kw):
@@ -53,3 +59,124 @@ def test_chat_streams_to_stdout_and_bad_input_exits_cleanly(tiny_model_dir, tmp_
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
     r = _run("generate", "--model", str(tiny_model_dir), "--prompt", "a", "--cfg", "-1", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "cfg must be" in r.stderr
+
+
+# -- in process: every refusal is one `error:` line with exit status 2, and bad input never loads the model --
+
+def _main(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded although the input was invalid")
+
+    monkeypatch.setattr(checkpoint, "load_pretrained", refuse)
+
+
+def test_truncated_png_for_chat_image_is_one_line(tmp_path, capsys, no_load):
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 40).convert("RGB").save(buf, format="PNG")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(buf.getvalue()[:200])
+    code, out, err = _main(capsys, "chat", "--image", cut, "--question", "What color is the circle?")
+    assert code == 2 and out == ""
+    assert "cut.png' could not be decoded as an image" in _one_error_line(err)
+
+
+def test_out_pointing_at_a_file_is_refused_before_loading(tmp_path, capsys, no_load):
+    existing = tmp_path / "picture.png"
+    existing.write_bytes(b"x")
+    code, _, err = _main(capsys, "generate", "--prompt", "a red circle", "--out", existing)
+    assert code == 2 and f"--out {existing} exists and is not a folder" in _one_error_line(err)
+    code, _, err = _main(capsys, "generate", "--prompt", "a red circle", "--out", existing / "sub")
+    assert code == 2 and f"{existing} is a file, not a folder" in _one_error_line(err)
+    assert existing.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--steps", "0"], "steps must be a whole number from 1 to 100, got '0'"),
+    (["--steps", "1e9"], "steps must be a whole number from 1 to 100, got '1e9'"),
+    (["--cfg", "nan"], "cfg must be a number from 0 to 10, got 'nan'"),
+    (["--num-images", "9"], "num_images must be a whole number from 1 to 8, got '9'"),
+    (["--seed", str(2**31)], "seed must be a whole number from 0 to 2147483647, got '2147483648'"),
+    (["--prompt", "   "], "the prompt is empty"),
+    (["--sampler", "dpm"], "invalid choice: 'dpm'"),
+])
+def test_bad_generation_flags_are_refused_before_loading(tmp_path, capsys, no_load, flags, message):
+    args = ["generate", "--prompt", "a red circle", "--out", tmp_path / "o", *flags]
+    code, _, err = _main(capsys, *args)
+    assert code == 2 and message in _one_error_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--max-new-tokens", "0"], "max_new_tokens must be a whole number from 1 to 4096, got '0'"),
+    (["--temperature", "-1"], "temperature must be a number from 0 to 2, got '-1'"),
+    (["--top-p", "2"], "top_p must be a number from 0.01 to 1, got '2'"),
+    (["--seed", "-3"], "seed must be a whole number from 0 to 2147483647"),
+    (["--image", "a.png"] * 5, "5 --image files; the limit is 4 per question"),
+    (["--device", "gpu7"], "--device 'gpu7' is not a device; allowed: auto, cpu, cuda, cuda:N, mps"),
+])
+def test_bad_chat_flags_are_refused_before_loading(capsys, no_load, flags, message):
+    code, _, err = _main(capsys, "chat", "--question", "How many objects are there?", *flags)
+    assert code == 2 and message in _one_error_line(err)
+
+
+def test_jsonl_rows_are_checked_line_by_line_before_loading(tmp_path, capsys, no_load):
+    jobs = tmp_path / "p.jsonl"
+    jobs.write_text('{"prompt": "a square", "seed": 3}\n\n{"prompt": "a circle", "seed": 1, "steps": 500}\n')
+    code, _, err = _main(capsys, "generate", "--prompts-file", jobs, "--out", tmp_path / "o")
+    assert code == 2 and f"{jobs}:3: steps must be a whole number from 1 to 100, got 500" in _one_error_line(err)
+    jobs.write_text('{"prompt": "a square", "seed": 3, "stpes": 4}\n')
+    code, _, err = _main(capsys, "generate", "--prompts-file", jobs, "--out", tmp_path / "o")
+    assert code == 2 and f"{jobs}:1: unknown key(s) 'stpes'; allowed keys: prompt, seed" in _one_error_line(err)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "What shape is it?", "image": str(tmp_path / "missing.png")}) + "\n")
+    code, _, err = _main(capsys, "chat", "--questions-file", questions)
+    assert code == 2 and f"{questions}:1: image file not found" in _one_error_line(err)
+    questions.write_bytes(b"\xff\xfe{")
+    code, _, err = _main(capsys, "chat", "--questions-file", questions)
+    assert code == 2 and f"{questions} is not UTF-8 text" in _one_error_line(err)
+
+
+def test_bad_sampling_json_and_truncated_vae_end_in_one_line_naming_the_file(tiny_model_dir, tmp_path, capsys):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "sampling.json").write_text('{"steps": "30x", "cfg": 2}')
+    code, _, err = _main(capsys, "generate", "--model", model, "--prompt", "a circle", "--out", tmp_path / "o")
+    line = _one_error_line(err)  # checked before the weights are read: nothing else is logged
+    assert code == 2 and f"{model / 'sampling.json'}: steps must be a whole number" in line
+    (model / "sampling.json").write_text('{"steps": 2, "cfg": 2}')
+    weights = model / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:3000])
+    code, _, err = _main(capsys, "generate", "--model", model, "--prompt", "a circle", "--out", tmp_path / "o")
+    last = err.strip().splitlines()[-1]  # after the "loading ..." log line
+    assert code == 2 and "Traceback" not in err and err.count("error:") == 1
+    assert last.startswith("error: ") and f"VAE weights file {weights} is corrupt or truncated" in last
+
+
+def test_usage_errors_are_one_line(capsys):
+    code, _, err = _main(capsys, "generate", "--prompt", "x")
+    assert code == 2 and "the following arguments are required: --out" in _one_error_line(err)
+    code, _, err = _main(capsys, "paint")
+    assert code == 2 and "invalid choice: 'paint'" in _one_error_line(err)
+
+
+def test_an_empty_answer_is_not_a_success(tiny_bundle, monkeypatch, capsys):
+    monkeypatch.setattr(checkpoint, "load_pretrained", lambda *a, **k: tiny_bundle)
+    monkeypatch.setattr(ChatPipeline, "stream", lambda self, *a, **k: iter(()))
+    code, out, err = _main(capsys, "chat", "--question", "hi")
+    assert code == 1 and out == "\n" and "error: the model's answer is empty" in err
+    monkeypatch.setattr(ChatPipeline, "stream", lambda self, *a, **k: iter(["a red", " circle"]))
+    code, out, err = _main(capsys, "chat", "--question", "hi")
+    assert code == 0 and out == "a red circle\n" and "error" not in err

@@ -37,3 +37,16 @@ def test_conformance_command_reproduces_official_outputs(fixture, tmp_path):
             torch.testing.assert_close(g[mask], e[mask], atol=1e-4, rtol=1e-4, msg=name)
         else:
             torch.testing.assert_close(g.to(e.dtype), e, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from janusflow_core.conformance import main
+
+    assert main([str(tmp_path / "missing"), str(tmp_path / "out.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: fixture folder {tmp_path / 'missing'} does not exist or is not a folder"
+    (tmp_path / "fx").mkdir()
+    (tmp_path / "fx" / "fixture_meta.json").write_text("{}")
+    assert main([str(tmp_path / "fx"), str(tmp_path / "out.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "inputs.safetensors" in err and "\n" not in err

@@ -210,3 +210,27 @@ def test_vae_roundtrip_cli_on_the_embedded_vae(capsys):
     cli.main(["vae", "--per-task", "3", "--quiet"])
     report = json.loads(capsys.readouterr().out)
     assert report["benchmark"] == "shapes-vae-roundtrip" and report["overall"] >= 0.5
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["geneval", "--steps", "0"], "--steps must be a whole number from 1 to 100, got 0"),
+    (["geneval", "--seed", "99999"], "--seed must be a whole number from 0 to 21473, got 99999"),
+    (["geneval", "--images-per-prompt", "9"], "--images-per-prompt must be a whole number from 1 to 8"),
+    (["vqa", "--n", "0"], "--n must be a whole number from 1 to 100000, got 0"),
+    (["vqa", "--out", "/no/such/folder/r.json"], "the folder /no/such/folder does not exist"),
+])
+def test_cli_refuses_bad_values_in_one_line_before_loading(monkeypatch, capsys, argv, message):
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded although the arguments were invalid")
+
+    monkeypatch.setattr(benchmarks, "make_generator", refuse)
+    monkeypatch.setattr(benchmarks, "make_answerer", refuse)
+    assert cli.main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {message}" or (err.startswith("error: ") and message in err and "\n" not in err), err
+
+
+def test_cli_missing_model_is_one_line(capsys, tmp_path):
+    assert cli.main(["vqa", "--model", str(tmp_path / "nothing"), "--n", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model folder") and "does not exist" in err and "\n" not in err

@@ -2,6 +2,7 @@
 
 import itertools
 import random
+import re
 
 import numpy as np
 import pytest
@@ -35,6 +36,7 @@ from janusflow_core.shapes import (
     scene_split,
     split_of,
 )
+from janusflow_core.shapes.prompts import split_key
 
 RED_CIRCLE_LEFT_OF_BLUE_SQUARE = Scene((Obj("circle", "red", 15, 30, 6), Obj("square", "blue", 45, 30, 7)))
 
@@ -233,3 +235,27 @@ def test_label_map_covers_exactly_the_drawn_pixels():
         for o in scene.objects:
             assert (image[labels == object_label(o.shape, o.color)] == PALETTE[o.color]).all()
 
+
+
+# -- articles: "an orange square", never "a orange square" ---------------------------------------------
+
+def test_captions_questions_and_prompts_use_the_right_article():
+    one = Scene((Obj("square", "orange", 30, 30, 6),))
+    assert describe(one) == "an orange square"
+    two = Scene((Obj("circle", "red", 15, 30, 6), Obj("triangle", "orange", 45, 30, 6)))
+    assert describe(two) == "a red circle left of an orange triangle"
+    questions = [q for q, _ in all_questions(two)["exists"]]
+    assert "Is there an orange circle?" in questions and "Is there a red circle?" in questions
+    texts = [p for task in TASKS for p in all_prompts(task)] + [q for q, _ in all_questions(two)["describe"]]
+    assert not [t for t in texts if re.search(r"\ba (orange|[aeiou]\w*)", t)]
+    assert format_prompt(parse_prompt("a orange circle and a blue square")) == "an orange circle and a blue square"
+
+
+def test_old_and_new_articles_parse_alike_and_share_their_split():
+    for old, new in [("a orange circle", "an orange circle"),
+                     ("a orange circle and a purple square", "an orange circle and a purple square")]:
+        assert parse_prompt(old) == parse_prompt(new)
+        assert split_of(old) == split_of(new)
+    held = {t: {split_key(p) for p in heldout_prompts(t)} for t in TASKS}
+    # held-out prompts are chosen on the text as it was written before the fix ("a orange"): the same set
+    assert "a purple circle and a orange triangle" in held["color_attr"]

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from .. import limits
+from ..errors import OneLineParser, run_guarded
+from ..limits import InputError
 from . import benchmarks
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m janusflow_core.evaluation", description=__doc__.split("\n")[0]
     )
-    sub = parser.add_subparsers(dest="benchmark", required=True)
+    sub = parser.add_subparsers(dest="benchmark", required=True, parser_class=OneLineParser)
     benchmarks_help = (("geneval", "GenEval-style generation benchmark"), ("vqa", "one-word VQA benchmark"),
                        ("vae", "geneval check of rendered scenes after a VAE round trip (the VAE's ceiling)"))
     for name, help_text in benchmarks_help:
@@ -48,8 +52,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = _parser().parse_args(argv)
+def _check(args: argparse.Namespace) -> None:
+    """Every value checked before a model loads (benchmark runs are long: fail at once, not after loading)."""
+    if args.out is not None:
+        out = Path(args.out)
+        if out.is_dir():
+            raise InputError(f"--out {out} is a folder; give a file path for the JSON report")
+        if not out.parent.is_dir():
+            raise InputError(f"--out {out}: the folder {out.parent} does not exist")
+    if args.benchmark == "geneval":
+        limits.check_number("--per-task", args.per_task, (1, 10_000), integer=True)
+        limits.check_number("--images-per-prompt", args.images_per_prompt, limits.IMAGES, integer=True)
+        # the k-th prompt uses noise seed seed * 100000 + k, which must stay within limits.SEED
+        limits.check_number("--seed", args.seed, (0, (limits.SEED[1] - 99_999) // 100_000), integer=True)
+        if args.steps is not None:
+            limits.check_number("--steps", args.steps, limits.STEPS, integer=True)
+        if args.cfg is not None:
+            limits.check_number("--cfg", args.cfg, limits.GUIDANCE)
+        if args.save_images is not None and Path(args.save_images).exists() and not Path(args.save_images).is_dir():
+            raise InputError(f"--save-images {args.save_images} exists and is not a folder")
+    elif args.benchmark == "vae":
+        limits.check_number("--per-task", args.per_task, (1, 10_000), integer=True)
+        limits.check_number("--seed", args.seed, limits.SEED, integer=True)
+    else:
+        limits.check_number("--n", args.n, (1, 100_000), integer=True)
+        limits.check_number("--max-new-tokens", args.max_new_tokens, limits.MAX_NEW_TOKENS, integer=True)
+        limits.check_number("--seed", args.seed, limits.SEED, integer=True)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the benchmark ``args`` names; print the table (stderr) and the JSON report (``--out`` or stdout)."""
+    _check(args)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     if args.benchmark == "geneval":
         generate = benchmarks.make_generator(args.model, args.device, args.dtype, args.steps, args.cfg, args.sampler)
@@ -82,5 +115,16 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one ``error:`` line (bad values, missing model, unreadable files)."""
+    args = _parser().parse_args(argv)
+
+    def benchmark() -> int:
+        run(args)
+        return 0
+
+    return run_guarded(benchmark)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

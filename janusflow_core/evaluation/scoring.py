@@ -34,6 +34,7 @@ from ..shapes.prompts import (
     is_rewording,
     parse_prompt,
     satisfies,
+    split_key,
 )
 from ..shapes.world import CANVAS, NUMBER_WORDS, PALETTE
 
@@ -208,7 +209,8 @@ def alternative_prompts(prompt: str) -> list[str]:
     """Prompts of the same task asking for a different scene, in a fixed per-prompt order."""
     spec = parse_prompt(prompt)
     others = [p for p in all_prompts(spec.task) if not is_rewording(p, spec)]
-    return sorted(others, key=lambda p: _md5(f"{prompt}|{p}"))
+    # hashed on the split key, so fixing "a orange" -> "an orange" left this order unchanged
+    return sorted(others, key=lambda p: _md5(split_key(f"{prompt}|{p}")))
 
 
 def chance_baseline(images_by_prompt: Mapping[str, Sequence[Image.Image]]) -> dict:

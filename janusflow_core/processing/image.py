@@ -21,6 +21,7 @@ import json
 import os
 import struct
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -125,7 +126,9 @@ def _open_checked(source: Any, name: str) -> Image.Image:
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
         check_image_size(*im.size, name)
-        im.load()  # single-frame files are read and closed here
+        with warnings.catch_warnings():  # Pillow's "Truncated File Read" / "Corrupt EXIF" notes: errors decide
+            warnings.simplefilter("ignore", UserWarning)
+            im.load()  # single-frame files are read and closed here
         if getattr(im, "n_frames", 1) > 1:  # animations keep their file open: keep frame 0 only
             first = im.copy()
             im.close()

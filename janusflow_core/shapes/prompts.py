@@ -44,9 +44,9 @@ PROMPT_FORMS: dict[str, str] = {
     "single_object": "a {shape}",
     "two_object": "a {shape1} and a {shape2}  (different shapes)",
     "counting": "{two|three|four} {shape}s",
-    "colors": "a {color} {shape}",
+    "colors": "a {color} {shape}  ('an' before a vowel: 'an orange circle')",
     "position": "a {shape1} {left of|right of|above|below} a {shape2}  (different shapes)",
-    "color_attr": "a {color1} {shape1} and a {color2} {shape2}  (different shapes and colours)",
+    "color_attr": "a {color1} {shape1} and a {color2} {shape2}  (different shapes and colours; 'an orange')",
 }
 COUNTS: tuple[int, ...] = (2, 3, 4)
 HELDOUT_FRACTION = 0.1
@@ -70,20 +70,34 @@ class PromptSpec:
         return len(self.shapes)
 
 
+def with_article(words: str) -> str:
+    """``words`` after the right indefinite article: 'a red circle', 'an orange square'."""
+    return f"{'an' if words[:1].lower() in 'aeiou' else 'a'} {words}"
+
+
+def split_key(text: str) -> str:
+    """The text the held-out split is hashed on: every ``an`` written ``a``, as all text was before the
+    articles were fixed, so that fix moved no prompt, caption or scene between train and test."""
+    return _AN.sub("a", text)
+
+
+_AN = re.compile(r"\ban\b")
+
+
 def format_prompt(spec: PromptSpec) -> str:
     s, c = spec.shapes, spec.colors
     if spec.task == "single_object":
-        return f"a {s[0]}"
+        return with_article(s[0])
     if spec.task == "two_object":
-        return f"a {s[0]} and a {s[1]}"
+        return f"{with_article(s[0])} and {with_article(s[1])}"
     if spec.task == "counting":
         return f"{NUMBER_WORDS[spec.count]} {s[0]}s"
     if spec.task == "colors":
-        return f"a {c[0]} {s[0]}"
+        return with_article(f"{c[0]} {s[0]}")
     if spec.task == "position":
-        return f"a {s[0]} {spec.relation} a {s[1]}"
+        return f"{with_article(s[0])} {spec.relation} {with_article(s[1])}"
     if spec.task == "color_attr":
-        return f"a {c[0]} {s[0]} and a {c[1]} {s[1]}"
+        return f"{with_article(f'{c[0]} {s[0]}')} and {with_article(f'{c[1]} {s[1]}')}"
     raise ValueError(f"unknown task {spec.task!r}; tasks: {TASKS}")
 
 
@@ -91,13 +105,14 @@ _S = "(" + "|".join(SHAPES) + ")"
 _C = "(" + "|".join(COLORS) + ")"
 _N = "(" + "|".join(NUMBER_WORDS[n] for n in COUNTS) + ")"
 _R = "(" + "|".join(RELATIONS) + ")"
+_A = "an?"  # "a" or "an": the old texts (and users) wrote "a orange", the fixed ones "an orange"
 _PATTERNS = [
-    ("single_object", re.compile(f"a {_S}")),
-    ("two_object", re.compile(f"a {_S} and a {_S}")),
+    ("single_object", re.compile(f"{_A} {_S}")),
+    ("two_object", re.compile(f"{_A} {_S} and {_A} {_S}")),
     ("counting", re.compile(f"{_N} {_S}s")),
-    ("colors", re.compile(f"a {_C} {_S}")),
-    ("position", re.compile(f"a {_S} {_R} a {_S}")),
-    ("color_attr", re.compile(f"a {_C} {_S} and a {_C} {_S}")),
+    ("colors", re.compile(f"{_A} {_C} {_S}")),
+    ("position", re.compile(f"{_A} {_S} {_R} {_A} {_S}")),
+    ("color_attr", re.compile(f"{_A} {_C} {_S} and {_A} {_C} {_S}")),
 ]
 
 
@@ -193,7 +208,7 @@ def heldout_prompts(task: str) -> frozenset[str]:
     if len(keys) < MIN_PROMPTS_TO_HOLD_OUT:
         return frozenset()
     k = max(1, round(HELDOUT_FRACTION * len(keys)))
-    return frozenset(sorted(keys, key=_md5)[:k])
+    return frozenset(sorted(keys, key=lambda key: _md5(split_key(key)))[:k])
 
 
 def split_of(key: str) -> str:
@@ -204,7 +219,7 @@ def split_of(key: str) -> str:
     try:
         spec = parse_prompt(key)
     except ValueError:
-        return "test" if int(_md5(key)[:8], 16) % 10 == 0 else "train"
+        return "test" if int(_md5(split_key(key))[:8], 16) % 10 == 0 else "train"
     return "test" if format_prompt(canonical(spec)) in heldout_prompts(spec.task) else "train"
 
 

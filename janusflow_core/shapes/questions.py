@@ -12,6 +12,7 @@ import itertools
 import random
 from collections.abc import Sequence
 
+from .prompts import with_article
 from .world import COLORS, MIRROR, NUMBER_WORDS, RELATIONS, SHAPES, Obj, Scene, above, holds, left_of
 
 QUESTION_FORMS: tuple[str, ...] = (
@@ -29,7 +30,7 @@ DESCRIBE_QUESTION = "Describe the image."
 
 
 def _name(o: Obj) -> str:
-    return f"a {o.color} {o.shape}"
+    return with_article(f"{o.color} {o.shape}")  # "a red circle", "an orange square"
 
 
 def describe(scene: Scene) -> str:
@@ -71,7 +72,7 @@ def all_questions(scene: Scene) -> dict[str, list[tuple[str, str]]]:
     out["count_objects"].append(("How many objects are there?", NUMBER_WORDS[len(objs)]))
     for c, s in itertools.product(COLORS, SHAPES):
         answer = "yes" if scene.count(shape=s, color=c) else "no"
-        out["exists"].append((f"Is there a {c} {s}?", answer))
+        out["exists"].append((f"Is there {with_article(f'{c} {s}')}?", answer))
     for s1, s2 in itertools.permutations(unique_shapes, 2):
         a = next(o for o in objs if o.shape == s1)
         b = next(o for o in objs if o.shape == s2)
