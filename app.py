@@ -1,16 +1,25 @@
 """Start the JanusFlow demo: ``python app.py`` serves the embedded shapes model on http://127.0.0.1:7860.
 
-The server comes up at once; the model loads in the background (the page shows the loading state).
+The flags are checked first (a model or VAE path that does not exist, a device this machine lacks, a port
+out of range or taken), each refusal one ``error:`` line with exit status 2. Then the server comes up at
+once and the model loads in the background (the page shows the loading state, or why loading failed).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
+import sys
+
+from janusflow_core.errors import OneLineParser, run_guarded
+from janusflow_core.limits import InputError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="JanusFlow demo: chat about images and watch generation step by step.")
+    p = OneLineParser(prog="python app.py",
+                      description="JanusFlow demo: chat about images and watch generation step by step.")
     p.add_argument("--model", default=None,
                    help="model folder or hub id (default: the embedded shapes model in assets/janusflow-shapes)")
     p.add_argument("--vae", default=None, help="VAE folder or hub id (default: <model>/vae, else stabilityai/sdxl-vae)")
@@ -22,13 +31,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     p.add_argument("--concurrency", type=int, default=2, help="model runs (chats + generations) at the same time")
     args = p.parse_args(argv)
-    if args.concurrency < 1:
-        p.error("--concurrency must be at least 1")
+    if not 1 <= args.concurrency <= 64:
+        p.error(f"--concurrency must be from 1 to 64, got {args.concurrency}")
+    if not 0 <= args.port <= 65535:
+        p.error(f"--port must be from 0 to 65535, got {args.port}")
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def check_environment(args: argparse.Namespace) -> None:
+    """What can be checked before serving: the model and VAE sources, the device, the port."""
+    from janusflow_core.cli import check_device
+    from janusflow_core.hub import is_hub_id
+
+    for flag, value in (("--model", args.model), ("--vae", args.vae)):
+        if value is None:
+            continue
+        path = os.path.expanduser(str(value))
+        if not os.path.exists(path) and not is_hub_id(str(value)):
+            raise InputError(f"{flag} {value!r} is neither an existing folder nor a hub id of the form owner/name")
+        if os.path.isfile(path):
+            raise InputError(f"{flag} {value!r} is a file; pass the folder that holds config.json and the weights")
+    check_device(args.device)
+    if args.port:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((args.host if args.host not in ("", "0.0.0.0") else "0.0.0.0", args.port))
+            except socket.gaierror:
+                raise InputError(f"--host {args.host!r} is not an address of this machine") from None
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise InputError(f"--host {args.host!r} is not an address of this machine") from None
+                raise InputError(f"--port {args.port} on {args.host} cannot be used ({exc.strerror}); "
+                                 "pick another port or stop what is using it") from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    check_environment(args)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from app import Engine, create_demo, launch  # the package app/, imported after the flags are checked
 
@@ -39,7 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     engine.start_loading()
     print(f"JanusFlow demo running on {url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
     demo.block_thread()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_guarded(lambda: serve(parse_args(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

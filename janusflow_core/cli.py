@@ -133,7 +133,8 @@ def _check_out_dir(out: Path) -> None:
         raise InputError(f"--out {out} cannot be written: no write permission in {parent}")
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
+    """Refuse a device string torch cannot parse, or a device this machine lacks, before anything loads."""
     from .checkpoint import pick_device
 
     try:
@@ -221,7 +222,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     jobs = _generation_jobs(args)
     _check_out_dir(args.out)
-    _check_device(args.device)
+    check_device(args.device)
     bundle = _load(args)
     pipe = GenerationPipeline(bundle)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +246,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     _check_chat_args(args)
     if args.questions_file is not None:
         jobs = _questions(args)
-        _check_device(args.device)
+        check_device(args.device)
         chat = ChatPipeline(_load(args))
         empty = 0
         for start in range(0, len(jobs), args.batch_size):
@@ -259,7 +260,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             log.warning("warning: %d of %d answers are empty (the model ended them at once)", empty, len(jobs))
         return 0
     images = [load_image(p) for p in args.image]
-    _check_device(args.device)
+    check_device(args.device)
     chat = ChatPipeline(_load(args))
     stats: dict[str, Any] = {}
     answered = False

@@ -8,6 +8,11 @@ from pathlib import Path
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` has the form of a hub id, ``owner/name`` (not a relative or absolute path)."""
+    return bool(_REPO_ID.match(text)) and not text.startswith((".", "/", "~"))
+
+
 def resolve_folder(path_or_id: str | Path, what: str = "model",
                    allow_patterns: list[str] | None = None) -> Path:
     """A local folder is used as is; ``owner/name`` is fetched (or found in the local cache) with
@@ -19,7 +24,7 @@ def resolve_folder(path_or_id: str | Path, what: str = "model",
         raise NotADirectoryError(f"{what} path {p} is a file; pass the folder that holds config.json "
                                  "and the .safetensors weights")
     text = str(path_or_id)
-    if not _REPO_ID.match(text) or text.startswith((".", "/", "~")):
+    if not is_hub_id(text):
         raise FileNotFoundError(f"{what} folder {text!r} does not exist (and it is not a hub id of the form "
                                 "owner/name)")
     from huggingface_hub import snapshot_download
