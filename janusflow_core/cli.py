@@ -90,7 +90,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .pipelines import GenerationPipeline
+    from .pipelines import GenerationPipeline, check_generation_inputs
 
     if args.prompts_file is not None:
         jobs = _read_jsonl(args.prompts_file, ("prompt", "seed"))
@@ -98,16 +98,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         jobs = [{"prompt": args.prompt, "seed": args.seed, "num_images": args.num_images}]
         names = [[f"{k}.png" for k in range(args.num_images)]]
+    for job, files in zip(jobs, names):  # before the model loads, naming fields as the flags and JSONL keys do
+        check_generation_inputs(job["prompt"], job.get("steps", args.steps), job.get("cfg", args.cfg), len(files),
+                                job.get("sampler", args.sampler), job["seed"], names={"guidance_scale": "cfg"})
     bundle = _load(args)
     pipe = GenerationPipeline(bundle)
     args.out.mkdir(parents=True, exist_ok=True)
     for job, files in zip(jobs, names):
-        result = pipe(job["prompt"], steps=job.get("steps", args.steps), cfg=job.get("cfg", args.cfg),
+        result = pipe(job["prompt"], steps=job.get("steps", args.steps), guidance_scale=job.get("cfg", args.cfg),
                       seed=int(job["seed"]), num_images=len(files), sampler=job.get("sampler", args.sampler))
         for img, name in zip(result.images, files):
             img.save(args.out / name)
-        log.info("%r: %d image(s), %d steps, cfg %.2f, %.2f s", job["prompt"], len(files), result.steps, result.cfg,
-                 result.seconds)
+        log.info("%r: %d image(s), %d steps, cfg %.2f, %.2f s", job["prompt"], len(files), result.steps,
+                 result.guidance_scale, result.seconds)
     return 0
 
 
