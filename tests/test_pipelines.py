@@ -290,3 +290,35 @@ def test_bad_chat_arguments(chat, kwargs, message):
 def test_chat_prompt_longer_than_context_says_the_limit(chat):
     with pytest.raises(ValueError, match="the limit is"):
         chat.answer("circle " * 2000)
+
+
+def _exchange(text):
+    return [{"role": "user", "content": text}, {"role": "assistant", "content": text}]
+
+
+def test_fit_context_drops_the_oldest_exchanges_first_and_keeps_the_latest_message(chat):
+    words = "red blue green circle square " * 40  # ~200 tokens a message in the tiny model's 512
+    red = Image.new("RGB", (30, 30), "red")
+    first = [{"role": "user", "content": "look", "images": [red]}, {"role": "assistant", "content": "a red square"}]
+    messages = first + _exchange(words) + _exchange(words) + [{"role": "user", "content": "and now?"}]
+    kept, dropped = chat.fit_context(messages, max_new_tokens=64)
+    assert kept == messages[-1 - 2 * (3 - dropped):] and kept[-1]["content"] == "and now?"
+    assert dropped == 3 - (len(kept) - 1) // 2 >= 2 and kept[0]["role"] == "user"
+    assert chat.prompt_length(kept) <= 512 - 64 < chat.prompt_length(messages[-len(kept) - 2:])  # no more dropped
+    short = first + [{"role": "user", "content": "and now?"}]
+    assert chat.fit_context(short, max_new_tokens=64) == (short, 0)  # fits: nothing dropped, the image stays
+
+
+def test_fit_context_keeps_a_long_latest_message_and_refuses_one_beyond_the_context(chat):
+    k = 1
+    while chat.prompt_length([{"role": "user", "content": "circle " * k}]) <= 512 - 100:
+        k += 1
+    long = "circle " * k  # fits the 512-token context, leaving less than the answer's room
+    messages = _exchange("hello") + [{"role": "user", "content": long}]
+    kept, dropped = chat.fit_context(messages, max_new_tokens=100)
+    assert kept == messages[-1:] and dropped == 1 and 512 - 100 < chat.prompt_length(kept) < 512
+    too_long = [{"role": "user", "content": "circle " * 600}]
+    n = chat.prompt_length(too_long)
+    with pytest.raises(InputError, match=f"the latest message is {n} tokens with its images; the model's "
+                                         "context is 512 tokens, the answer included"):
+        chat.fit_context(too_long, max_new_tokens=10)

@@ -27,6 +27,11 @@ from ..vae import to_pil
 PARAMETERS = ("prompt", "steps", "guidance_scale", "num_images", "sampler", "seed")
 
 
+def field_names(names: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the messages call each request field: the parameter's name unless ``names`` renames it."""
+    return {p: p for p in PARAMETERS} | {"prompt": "the prompt"} | dict(names or {})
+
+
 def check_generation_inputs(prompt: str, steps: int | None, guidance_scale: float | None, num_images: int,
                             sampler: str, seed: int, *, names: Mapping[str, str] | None = None,
                             ) -> tuple[int | None, float | None, int, int]:
@@ -37,7 +42,7 @@ def check_generation_inputs(prompt: str, steps: int | None, guidance_scale: floa
     JSONL file's ``"cfg"``): e.g. ``{"guidance_scale": "cfg"}``. Returns (steps, guidance_scale,
     num_images, seed) as numbers.
     """
-    name = {p: p for p in PARAMETERS} | {"prompt": "the prompt"} | dict(names or {})
+    name = field_names(names)
     limits.check_text(name["prompt"], prompt)
     if steps is not None:
         steps = limits.check_number(name["steps"], steps, limits.STEPS, integer=True)
@@ -100,11 +105,15 @@ class GenerationPipeline:
 
     # 1. check inputs ---------------------------------------------------------------------------------
     def check_inputs(self, prompt: str, steps: int | None, guidance_scale: float | None, num_images: int,
-                     sampler: str, seed: int) -> tuple[int, float, int, int]:
-        """(steps, guidance_scale, num_images, seed) after the limits checks, unset values taken from
-        :attr:`defaults`."""
+                     sampler: str, seed: int, *, names: Mapping[str, str] | None = None) -> tuple[int, float, int, int]:
+        """(steps, guidance_scale, num_images, seed) after the limits checks and the prompt's length in tokens,
+        unset values taken from :attr:`defaults`. ``names``: as in :func:`check_generation_inputs`."""
         steps, guidance_scale, num_images, seed = check_generation_inputs(prompt, steps, guidance_scale,
-                                                                          num_images, sampler, seed)
+                                                                          num_images, sampler, seed, names=names)
+        n = self.count_prompt_tokens(prompt)
+        if n > self.prompt_token_limit:
+            raise limits.InputError(f"{field_names(names)['prompt']} is {n} tokens; the limit is "
+                                    f"{self.prompt_token_limit}. Shorten it.")
         steps = self.defaults.steps if steps is None else steps
         guidance_scale = self.defaults.guidance_scale if guidance_scale is None else guidance_scale
         return steps, guidance_scale, num_images, seed
@@ -119,11 +128,8 @@ class GenerationPipeline:
     # 3. prompt rows and their cached prefix ---------------------------------------------------------
     def prompt_rows(self, prompt: str, num_images: int, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Token rows and mask: ``num_images`` conditional rows, then (``guided``) as many unconditional
-        ones. Raises InputError when the prompt is longer than :attr:`prompt_token_limit`."""
-        ids = self.bundle.processor.encode_generation_prompt(prompt)
-        if len(ids) > self.prompt_token_limit:
-            raise limits.InputError(f"the prompt is {len(ids)} tokens; the limit is {self.prompt_token_limit}. "
-                                    "Shorten it.")
+        ones (ValueError for a prompt longer than :attr:`prompt_token_limit`; ``check_inputs`` says so first)."""
+        ids = self.bundle.processor.encode_generation_prompt(prompt, max_length=self.prompt_token_limit)
         tokens, mask = self.bundle.processor.cfg_rows(ids, num_images)
         if not guided:  # w = 1: v_cfg == v_cond, the unconditional rows are not needed
             tokens, mask = tokens[:num_images], mask[:num_images]
