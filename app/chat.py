@@ -113,8 +113,10 @@ class ChatHandlers:
                 raise refuse(str(exc)) from None
             user = {"role": "user", "content": text, "images": images, "files": files}
             pending = turns + [user]
-            with refusals():  # the pipeline owns the context window: the oldest exchanges go first
+            try:  # the pipeline owns the context window: the oldest exchanges go first
                 messages, dropped = loaded.chat.fit_context(model_messages(pending), max_new_tokens=max_new_tokens)
+            except InputError as exc:
+                raise refuse(f"This message does not fit the model's context: {exc}") from None
             if dropped:
                 gr.Warning(f"The conversation is longer than the model's context; the oldest {dropped} "
                            f"exchange(s) were left out of this answer.")

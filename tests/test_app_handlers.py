@@ -274,6 +274,9 @@ def test_long_conversations_drop_the_oldest_exchanges(chat):
     with pytest.warns(UserWarning, match="oldest 4 exchange"):  # gr.Warning, outside a running app
         output = ask(chat, "and now?", turns[:-1], max_new_tokens=3)[-1]
     assert len(output[2]) == len(turns) + 1  # the display keeps everything
+    with pytest.raises(gr.Error, match="This message does not fit the model's context: the latest message is "
+                                       r"\d+ tokens with its images; the model's context is 512 tokens"):
+        ask(chat, "circle " * 500, turns[:-1], max_new_tokens=3)
 
 
 @pytest.mark.parametrize("message, settings, expected", [
