@@ -77,25 +77,9 @@ def parse_message(message: Any) -> tuple[str, list[str]]:
 
 
 class ChatHandlers:
-    def __init__(self, engine: Engine, context_reserve: int = 128):
+    def __init__(self, engine: Engine):
         self.engine = engine
         self.runs = Runs("chat answer")
-        self.context_reserve = context_reserve  # context positions kept free for the answer
-
-    def _fit(self, chat: Any, turns: list[Turn], max_new_tokens: int) -> tuple[list[dict[str, Any]], int]:
-        """The model messages, oldest exchanges dropped until the prompt leaves room for the answer."""
-        context = chat.bundle.config.llm.max_position_embeddings
-        reserve = min(max_new_tokens, self.context_reserve, context // 4)
-        messages, dropped = model_messages(turns), 0
-        while True:
-            try:
-                prompt_len = chat.prepare([messages]).input_ids.shape[1]
-                if prompt_len <= context - reserve or len(messages) == 1:
-                    return messages, dropped
-            except ValueError as exc:  # prompt longer than the context
-                if len(messages) == 1:
-                    raise refuse(f"This message does not fit the model's {context}-token context: {exc}") from None
-            messages, dropped = messages[2:], dropped + 1
 
     def submit(self, message: Any, temperature: float, top_p: float, max_new_tokens: int, seed: int,
                conversation: list[Turn] | None, request: gr.Request) -> Iterator[tuple[Any, str, list[Turn]]]:
@@ -129,7 +113,10 @@ class ChatHandlers:
                 raise refuse(str(exc)) from None
             user = {"role": "user", "content": text, "images": images, "files": files}
             pending = turns + [user]
-            messages, dropped = self._fit(loaded.chat, pending, max_new_tokens)
+            try:  # the pipeline owns the context window: the oldest exchanges go first
+                messages, dropped = loaded.chat.fit_context(model_messages(pending), max_new_tokens=max_new_tokens)
+            except InputError as exc:
+                raise refuse(f"This message does not fit the model's context: {exc}") from None
             if dropped:
                 gr.Warning(f"The conversation is longer than the model's context; the oldest {dropped} "
                            f"exchange(s) were left out of this answer.")

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from janusflow_core import ChatPipeline, GenerationPipeline, JanusFlowBundle, load_pretrained
-from janusflow_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAMPLING, read_sampling
+from janusflow_core.checkpoint import DEFAULT_MODEL, read_sampling
+from janusflow_core.pipelines import SamplingDefaults
 from janusflow_core.vae import LatentRGB
 
 
@@ -34,17 +34,6 @@ class Loaded:
             if self._latent_rgb is None:
                 self._latent_rgb = LatentRGB.fit(self.bundle.vae)
             return self._latent_rgb
-
-    @property
-    def prompt_token_limit(self) -> int:
-        """The longest text-to-image prompt in tokens: the context less the time position and the image
-        tokens (the limit ``GenerationPipeline.prompt_rows`` enforces)."""
-        config = self.bundle.config
-        return config.llm.max_position_embeddings - 1 - config.num_gen_tokens
-
-    def prompt_tokens(self, prompt: str) -> int:
-        """The prompt's length in tokens, chat template included, as the generation pipeline encodes it."""
-        return len(self.bundle.processor.encode_generation_prompt(prompt))
 
     @property
     def image_size(self) -> int:
@@ -76,14 +65,17 @@ class Engine:
         p = Path(str(self.model))
         return p.resolve().name if p.is_dir() else str(self.model)
 
-    def sampling_defaults(self) -> dict[str, Any]:
-        """The model's recommended sampling settings, read from its folder without loading it
-        (hub ids that are not downloaded yet get the published defaults)."""
+    def sampling_defaults(self) -> SamplingDefaults:
+        """The generation pipeline's defaults (steps, guidance weight): the loaded pipeline's, or before it is
+        loaded the same settings read from the model folder (hub ids that are not downloaded yet get the
+        published defaults)."""
+        if self._loaded is not None:
+            return self._loaded.generator.defaults
         folder = DEFAULT_MODEL if self.model is None else Path(str(self.model))
         try:
-            return read_sampling(folder if folder.is_dir() else None)
+            return SamplingDefaults.from_sampling(read_sampling(folder if folder.is_dir() else None))
         except (OSError, ValueError):
-            return dict(DEFAULT_SAMPLING)
+            return SamplingDefaults.from_sampling({})
 
     @property
     def state(self) -> str:

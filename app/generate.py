@@ -1,9 +1,11 @@
 """Generation tab handlers: run the sampler and show every step's preview, then the final images.
 
-``GenerationPipeline.iterate`` yields one StepState per solver step; each is decoded for display and
-sent to the page at once: the predicted clean image x̂1 or the noisy z_t through the VAE
-(``GenerationPipeline.preview``), or x̂1 through the fitted linear latent-to-RGB map (``LatentRGB``,
-approximate, nearly free). Previews travel at the model's resolution; the page enlarges them.
+``GenerationPipeline.iterate`` checks the request and yields one StepState per solver step (Stop ends the
+run through the pipeline's step callback; the last state's ``result`` is the final latent, finished or
+stopped). Each state is decoded for display and sent to the page at once: the predicted clean image x̂1 or
+the noisy z_t through the VAE (``GenerationPipeline.preview``), or x̂1 through the fitted linear
+latent-to-RGB map (``LatentRGB``, approximate, nearly free). Previews travel at the model's resolution; the
+page enlarges them.
 """
 
 from __future__ import annotations
@@ -17,20 +19,21 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from janusflow_core.limits import GUIDANCE, IMAGES, SEED, STEPS, check_choice, check_number
-from janusflow_core.sampling import SOLVERS, StepState
+from janusflow_core.limits import SEED, check_choice
+from janusflow_core.sampling import StepState, stop_when
 from janusflow_core.vae import to_pil
 
 from .components import refusals, refuse
 from .display import grid
 from .engine import Engine, EngineError, Loaded
-from .inputs import check_text
 from .sessions import Runs, session_id
 
 log = logging.getLogger(__name__)
 PREVIEW_MODES = {"x1": "predicted clean image x̂₁ (VAE)", "x1-fast": "x̂₁, fast approximation (linear latent→RGB)",
                  "zt": "noisy latent z_t (VAE)"}
 SAMPLER_NAMES = {"euler": "Euler", "heun": "Heun"}
+FIELD_NAMES = {"prompt": "The prompt", "steps": "Steps", "guidance_scale": "CFG", "num_images": "Number of images",
+               "seed": "Seed", "sampler": "Sampler"}  # the pipeline's refusals name fields by the page's labels
 
 Output = tuple[Any, str, Any]  # (preview image, status line, gallery)
 
@@ -51,26 +54,14 @@ class GenerateHandlers:
         self.engine = engine
         self.runs = Runs("generation")
 
-    def check(self, prompt: Any, cfg: Any, steps: Any, seed: Any, num_images: Any, sampler: Any,
-              preview: Any) -> tuple[str, float, int, int, int]:
-        """The request's values, checked against the core's limits (InputError when one is not allowed)."""
-        prompt = check_text("prompt", prompt, hint=" Describe the image to generate.")
-        cfg = check_number("CFG", cfg, GUIDANCE)
-        steps = check_number("Steps", steps, STEPS, integer=True)
-        seed = check_number("Seed", seed, SEED, integer=True)
-        num_images = check_number("Number of images", num_images, IMAGES, integer=True)
-        check_choice("Sampler", sampler, SOLVERS)
-        check_choice("Preview", preview, PREVIEW_MODES)
-        return prompt, cfg, steps, seed, num_images
-
     def token_line(self, prompt: Any) -> str:
         """What the prompt box shows under it: the prompt's length in tokens against the model's limit."""
         if self.engine.state == "failed":
             return "No token count: the model failed to load."
         if self.engine.state != "ready":
             return "The token limit shows here once the model is loaded."
-        loaded = self.engine.get()
-        n, limit = loaded.prompt_tokens(prompt if isinstance(prompt, str) else ""), loaded.prompt_token_limit
+        pipe = self.engine.get().generator
+        n, limit = pipe.count_prompt_tokens(prompt if isinstance(prompt, str) else ""), pipe.prompt_token_limit
         if n > limit:
             return f"**{n} / {limit} tokens**: too long, shorten the prompt"
         return f"{n} / {limit} tokens"
@@ -80,11 +71,11 @@ class GenerateHandlers:
         """Generate images from a prompt, streaming a preview after every solver step.
 
         Yields (preview, status, gallery): one yield per step with the step's preview and
-        "Step k / N", then a last one with the final images in the gallery.
+        "Step k / N", then a last one with the final images in the gallery. The pipeline checks the
+        request and owns the run; Stop reaches it through its step callback.
         """
         with refusals():
-            prompt, cfg, steps, seed, num_images = self.check(prompt, cfg, steps, seed, num_images, sampler,
-                                                              preview)
+            check_choice("Preview", preview, PREVIEW_MODES)  # the page's own setting; the pipeline checks the rest
         with self.runs.start(session_id(request)) as run:
             if self.engine.state != "ready":
                 yield gr.skip(), "Loading the model …", gr.skip()
@@ -92,20 +83,19 @@ class GenerateHandlers:
                 loaded = self.engine.get()
             except EngineError as exc:
                 raise refuse(str(exc)) from None
-            n, limit = loaded.prompt_tokens(prompt), loaded.prompt_token_limit
-            if n > limit:
-                raise refuse(f"The prompt is {n} tokens; the limit is {limit}. Shorten it.")
             pipe = loaded.generator
+            with refusals():  # every value, and the prompt's length in tokens, in the page's words
+                steps, cfg, num_images, seed = pipe.check_inputs(prompt, steps, cfg, num_images, sampler, seed,
+                                                                 names=FIELD_NAMES)
+                states = pipe.iterate(prompt, steps, cfg, seed, num_images, sampler,
+                                      callback_on_step_end=stop_when(run.event))
             start = time.perf_counter()
             try:
-                for state in pipe.iterate(prompt, steps, cfg, seed, num_images, sampler):
+                for state in states:
                     sheet = grid(preview_images(loaded, state, preview))
                     status = f"Step **{state.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
                     yield sheet, status, ([] if state.index == 0 else gr.skip())
-                    if run.stopped and state.index + 1 < steps:
-                        break
-                final = state.z_next if state.index + 1 == steps else state.x1_hat
-                images = pipe.decode(final)
+                images = pipe.decode(state.result)
             except (ValueError, FloatingPointError, RuntimeError) as exc:
                 raise refuse(f"Generation failed: {exc}") from None
             except Exception as exc:  # a bug: the operator gets the traceback, the user one line
@@ -113,7 +103,7 @@ class GenerateHandlers:
                 raise refuse(f"Generation failed ({type(exc).__name__}): {exc}") from None
             seconds = time.perf_counter() - start
             settings = f"{SAMPLER_NAMES.get(sampler, sampler)}, CFG {cfg:g}, seed {seed}"
-            if state.index + 1 < steps:
+            if not state.finished:
                 status = f"Stopped at step **{state.index + 1} / {steps}** after {seconds:.1f} s ({settings})"
                 captions = [f"seed {seed + k} · stopped at step {state.index + 1}" for k in range(len(images))]
             else:

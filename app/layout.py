@@ -37,7 +37,6 @@ from .inputs import MAX_UPLOAD, check_text
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 PROMPT_EXAMPLES = ["a green triangle", "three squares", "a circle above a triangle",
                    "a blue circle and a yellow square", "a square left of a circle"]
-DEFAULT_STEPS = 30  # the paper's demo
 MODEL_QUEUE = "model"  # chat and generation share one concurrency limit
 KEYS = "Enter sends · Shift+Enter: new line"  # the prompt box and the message box alike
 PRIVATE = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
@@ -94,7 +93,7 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
     """Build the Blocks app around ``engine`` (nothing is loaded here)."""
     chat = ChatHandlers(engine)
     gen = GenerateHandlers(engine)
-    cfg_default = min(max(float(engine.sampling_defaults().get("cfg", 2.0)), GUIDANCE[0]), GUIDANCE[1])
+    defaults = engine.sampling_defaults()  # the generation pipeline's: the model's sampling.json
 
     def model_status() -> Iterator[str]:
         yield engine.status()
@@ -152,9 +151,9 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
                         with gr.Row():
                             run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                             stop_gen = gr.Button("Stop", variant="stop", elem_id="generate-stop")
-                        cfg = gr.Slider(*GUIDANCE, value=cfg_default, step=0.1, label="CFG",
+                        cfg = gr.Slider(*GUIDANCE, value=defaults.guidance_scale, step=0.1, label="CFG",
                                         info="classifier-free guidance weight", elem_id="cfg")
-                        steps = gr.Slider(*STEPS, value=DEFAULT_STEPS, step=1, precision=0, label="Steps",
+                        steps = gr.Slider(*STEPS, value=defaults.steps, step=1, precision=0, label="Steps",
                                           elem_id="steps")
                         with gr.Row(equal_height=True):
                             gen_seed = gr.Number(value=42, precision=0, minimum=SEED[0], maximum=SEED[1],

@@ -75,7 +75,7 @@ def bare_run(loaded: Loaded, steps: int, images: int) -> float:
     """Seconds for the same generation without any preview: every step, then one final decode."""
     t = time.perf_counter()
     *_, last = loaded.generator.iterate(PROMPT, steps, 2.0, 0, images, "euler")
-    loaded.generator.decode(last.z_next)
+    loaded.generator.decode(last.result)
     return time.perf_counter() - t
 
 

@@ -145,17 +145,20 @@ def check_device(device: str) -> None:
         raise
 
 
+CLI_NAMES = {"guidance_scale": "cfg"}  # the weight's name on the command line and in JSONL rows
+
+
 def _generation_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every job checked against the limits: [{prompt, steps, cfg, num_images, sampler, seed, names, where}]."""
     from .pipelines import check_generation_inputs
 
     if args.prompts_file is None:
         steps, cfg, n, seed = check_generation_inputs(args.prompt, args.steps, args.cfg, args.num_images,
-                                                      args.sampler, args.seed)
+                                                      args.sampler, args.seed, names=CLI_NAMES)
         return [{"prompt": args.prompt, "steps": steps, "cfg": cfg, "num_images": n, "sampler": args.sampler,
                  "seed": seed, "names": [f"{k}.png" for k in range(n)], "where": ""}]
     # flags give the defaults of the file's rows; they are checked once, here
-    check_generation_inputs("-", args.steps, args.cfg, args.num_images, args.sampler, 0)
+    check_generation_inputs("-", args.steps, args.cfg, args.num_images, args.sampler, 0, names=CLI_NAMES)
     jobs = []
     for i, (line, row) in enumerate(_read_jsonl(args.prompts_file, ("prompt", "seed"), PROMPT_KEYS)):
         where = f"{args.prompts_file}:{line}: "
@@ -163,7 +166,7 @@ def _generation_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
             sampler = row.get("sampler", args.sampler)
             steps, cfg, n, seed = check_generation_inputs(
                 row["prompt"], row.get("steps", args.steps), row.get("cfg", args.cfg),
-                row.get("num_images", args.num_images), sampler, row["seed"])
+                row.get("num_images", args.num_images), sampler, row["seed"], names=CLI_NAMES)
         except InputError as exc:
             raise InputError(f"{where}{exc}") from None
         jobs.append({"prompt": row["prompt"], "steps": steps, "cfg": cfg, "num_images": n, "sampler": sampler,
@@ -228,14 +231,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for job in jobs:
         try:
-            result = pipe(job["prompt"], steps=job["steps"], cfg=job["cfg"], seed=job["seed"],
+            result = pipe(job["prompt"], steps=job["steps"], guidance_scale=job["cfg"], seed=job["seed"],
                           num_images=job["num_images"], sampler=job["sampler"])
         except InputError as exc:  # what needs the tokenizer (the prompt's length in tokens)
             raise InputError(f"{job['where']}{exc}") from None
         for img, name in zip(result.images, job["names"]):
             img.save(args.out / name)
         log.info("%r: %d image(s), %d steps, cfg %.2f, %.2f s", job["prompt"], len(job["names"]), result.steps,
-                 result.cfg, result.seconds)
+                 result.guidance_scale, result.seconds)
     return 0
 
 

@@ -6,8 +6,9 @@
 A setting is comma-separated ``key=value`` pairs: ``cfg`` (guidance weight, default the model's), ``steps``
 (default the model's), ``sampler`` (euler or heun) and ``from`` / ``to``: guidance applied only while
 from <= t < to, the conditional velocity elsewhere (guidance in a limited interval, Kynkäänniemi et al.
-2024; t = 0 is noise). Every setting sees the same prompts and seeds. Pick settings on a seed other than
-the benchmark's 0, then confirm on seed 0, or the choice is tuned to the test images.
+2024; t = 0 is noise), set step by step through the pipeline's ``callback_on_step_end``. Every setting sees
+the same prompts and seeds. Pick settings on a seed other than the benchmark's 0, then confirm on seed 0, or
+the choice is tuned to the test images.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from janusflow_core import GenerationPipeline, load_pretrained
 from janusflow_core.evaluation.benchmarks import run_geneval
+from janusflow_core.sampling import StepCallback, StepControl
 
 KEYS = {"cfg": float, "steps": int, "sampler": str, "from": float, "to": float}
 
@@ -35,17 +37,13 @@ def parse_setting(text: str) -> dict:
     return setting
 
 
-def interval_velocity(default):
-    """Wrap the pipeline's ``guided_velocity`` so that guidance applies only while lo <= t < hi."""
+def guidance_interval(w: float, lo: float, hi: float, steps: int) -> tuple[float, StepCallback]:
+    """(starting weight, step callback) for guidance only while lo <= t < hi: each step's weight is chosen
+    from the time it starts at, the conditional velocity (w = 1) elsewhere."""
+    def weight(t: float) -> float:
+        return w if lo <= t < hi else 1.0
 
-    def make(lo: float, hi: float):
-        def build(prompt, cfg_weight):
-            guided, plain = default(prompt, cfg_weight), default(prompt, 1.0)  # w = 1: the conditional velocity
-            return lambda z, t: guided(z, t) if lo <= t < hi else plain(z, t)
-
-        return build
-
-    return make
+    return weight(0.0), lambda state: StepControl(guidance_scale=weight((state.index + 1) / steps))
 
 
 def main() -> None:
@@ -60,16 +58,15 @@ def main() -> None:
     settings = [parse_setting(s) for s in args.setting]
     torch.set_num_threads(args.threads)
     pipe = GenerationPipeline(load_pretrained(args.model, device="cpu", dtype="float32"))
-    default_velocity = pipe.guided_velocity
-    with_interval = interval_velocity(default_velocity)
     for s in settings:
-        interval = "from" in s or "to" in s
-        pipe.guided_velocity = with_interval(s.get("from", 0.0), s.get("to", 1.0)) if interval else default_velocity
-        w = s.get("cfg")
+        steps, w = s.get("steps", pipe.defaults.steps), s.get("cfg", pipe.defaults.guidance_scale)
+        hook, guided = None, None
+        if "from" in s or "to" in s:  # the unconditional rows are needed even while the weight is 1
+            (w, hook), guided = guidance_interval(w, s.get("from", 0.0), s.get("to", 1.0), steps), True
 
-        def generate(prompt: str, seed: int, n: int, w=w, s=s) -> list:
-            return list(pipe(prompt, steps=s.get("steps"), cfg=w, seed=seed, num_images=n,
-                             sampler=s.get("sampler", "euler")).images)
+        def generate(prompt: str, seed: int, n: int, s=s, steps=steps, w=w, hook=hook, guided=guided) -> list:
+            return list(pipe(prompt, steps=steps, guidance_scale=w, seed=seed, num_images=n,
+                             sampler=s.get("sampler", "euler"), guided=guided, callback_on_step_end=hook).images)
 
         start = time.time()
         report = run_geneval(generate, per_task=args.per_task, seed=args.seed)

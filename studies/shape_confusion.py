@@ -40,7 +40,7 @@ def confusion(pipe: GenerationPipeline, cfg: float, images: int) -> dict[str, di
         counts: collections.Counter = collections.Counter()
         for start in range(1000, 1000 + images, batch):
             n = min(batch, 1000 + images - start)
-            counts.update(outcome(im) for im in pipe(f"a {shape}", cfg=cfg, seed=start, num_images=n).images)
+            counts.update(outcome(im) for im in pipe(f"a {shape}", guidance_scale=cfg, seed=start, num_images=n).images)
         table[f"a {shape}"] = dict(counts.most_common())
     return table
 

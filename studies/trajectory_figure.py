@@ -33,7 +33,7 @@ def main() -> None:
     for w in args.cfg:
         for seed in args.seeds:
             tiles = []
-            for state in pipe.iterate(args.prompt, steps=args.steps, cfg=w, seed=seed):
+            for state in pipe.iterate(args.prompt, steps=args.steps, guidance_scale=w, seed=seed):
                 if state.index % args.every == args.every - 1:
                     tiles.append(pipe.decode(state.x1_hat)[0])
             tiles.append(pipe.decode(state.z_next)[0])

@@ -262,7 +262,7 @@ def test_two_sessions_at_once_keep_their_own_history_previews_and_seeds(served):
                                   max_new_tokens=40, temperature=1.5, top_p=1.0, seed=1)
     expected_b = loaded.chat.chat([{"role": "user", "content": "hello there"}], max_new_tokens=40,
                                   temperature=1.5, top_p=1.0, seed=2)
-    solo_a = GenerationPipeline(loaded.bundle)(prompt="a green triangle", steps=12, cfg=3.0, seed=100)
+    solo_a = GenerationPipeline(loaded.bundle)(prompt="a green triangle", steps=12, guidance_scale=3.0, seed=100)
     a, b = new_client(served), new_client(served)
     together = threading.Barrier(2)
     results: dict[str, object] = {}

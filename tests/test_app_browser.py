@@ -166,7 +166,7 @@ def test_every_generation_refusal_leaves_the_page_usable(page):
     page.get_by_role("tab", name="Generate").click()
     page.locator(PROMPT).fill("")
     page.locator(RUN).click()
-    refusal(page, "The prompt is empty. Describe the image to generate.")
+    refusal(page, "The prompt is empty; write some text")
     usable(page, RUN, PROMPT)
     page.locator(PROMPT).fill("Ω" * 300)  # 600 byte tokens; the tiny model's limit is 495
     page.wait_for_function("() => document.querySelector('#prompt-tokens').innerText.includes('too long')")

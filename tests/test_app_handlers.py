@@ -25,6 +25,7 @@ from app.chat import ChatHandlers
 from app.display import grid
 from app.generate import GenerateHandlers
 from janusflow_core import GenerationPipeline
+from janusflow_core.pipelines import SamplingDefaults
 from janusflow_core.vae import LatentRGB, to_pil
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "three_triangles.png"
@@ -141,7 +142,12 @@ def test_sampling_defaults_come_from_the_model_folder(tmp_path):
     demo = create_demo(Engine(folder))
     cfg = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "CFG")
     steps = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Steps")
-    assert cfg.value == 4.5 and steps.value == 30  # the paper demo's 30 steps, whatever the folder says
+    assert cfg.value == 4.5 and steps.value == 7  # the generation pipeline's defaults, before the model loads
+    engine = Engine(folder, device="cpu", dtype="fp32")
+    engine.get()
+    assert engine.sampling_defaults() == engine.get().generator.defaults == SamplingDefaults(7, 4.5)
+    missing = Engine("someone/not-downloaded").sampling_defaults()  # not a folder: the published defaults
+    assert missing == SamplingDefaults(steps=30, guidance_scale=2.0)
 
 
 def test_every_run_unlocks_what_it_locked_whatever_way_it_ends(tiny_model_dir):
@@ -258,18 +264,19 @@ def test_text_only_and_image_only_turns(chat):
     assert image_only[2][0]["content"] == "Describe the image."
 
 
-def test_long_conversations_drop_the_oldest_exchanges(chat, engine):
+def test_long_conversations_drop_the_oldest_exchanges(chat):
     words = "red blue green circle square " * 40  # ~200 tokens per turn in a 512-token context
     turns = []
     for _ in range(4):
         turns += [{"role": "user", "content": words, "images": [], "files": []},
                   {"role": "assistant", "content": words, "images": [], "files": []}]
     turns.append({"role": "user", "content": "and now?", "images": [], "files": []})
-    messages, dropped = chat._fit(engine.get().chat, turns, max_new_tokens=64)
-    assert dropped >= 3 and messages[-1]["content"] == "and now?" and messages[0]["role"] == "user"
     with pytest.warns(UserWarning, match="oldest 4 exchange"):  # gr.Warning, outside a running app
         output = ask(chat, "and now?", turns[:-1], max_new_tokens=3)[-1]
     assert len(output[2]) == len(turns) + 1  # the display keeps everything
+    with pytest.raises(gr.Error, match="This message does not fit the model's context: the latest message is "
+                                       r"\d+ tokens with its images; the model's context is 512 tokens"):
+        ask(chat, "circle " * 500, turns[:-1], max_new_tokens=3)
 
 
 @pytest.mark.parametrize("message, settings, expected", [
@@ -331,7 +338,7 @@ def test_generation_previews_every_step_then_fills_the_gallery(gen, engine):
     assert len(set(previews)) == 5  # every step shows something new
     _, status, gallery = outputs[-1]
     assert "2 image(s)" in status and [c for _, c in gallery] == ["seed 3", "seed 4"]
-    direct = GenerationPipeline(engine.get().bundle)(prompt="a red circle", steps=5, cfg=2.0, seed=3, num_images=2)
+    direct = GenerationPipeline(engine.get().bundle)("a red circle", steps=5, guidance_scale=2.0, seed=3, num_images=2)
     assert [im.tobytes() for im, _ in gallery] == [im.tobytes() for im in direct.images]
 
 
@@ -400,7 +407,7 @@ def test_seeds_decide_the_images(gen):
 @pytest.mark.parametrize("change, expected", [
     ({"prompt": "   "}, "prompt is empty"),
     ({"prompt": "a" * 4001}, "4001 characters long; the limit is 4000"),
-    ({"prompt": 5}, "The prompt must be text, got int 5"),
+    ({"prompt": 5}, "The prompt must be text, got 5"),
     ({"steps": 0}, "Steps must be a whole number from 1 to 100, got 0"),
     ({"steps": 101}, "Steps must be a whole number from 1 to 100, got 101"),
     ({"steps": float("nan")}, "Steps must be a whole number from 1 to 100, got nan"),
@@ -420,14 +427,14 @@ def test_generation_refuses_bad_input_clearly(gen, change, expected):
 
 def test_prompt_longer_than_the_context_is_refused_with_its_token_count(gen, engine):
     loaded = engine.get()
-    limit = loaded.prompt_token_limit  # the tiny model: 512 positions less 1 + 16 for t and the image
+    limit = loaded.generator.prompt_token_limit  # the tiny model: 512 positions less 1 + 16 for t and the image
     assert limit == 512 - 1 - loaded.bundle.config.num_gen_tokens
     k = limit
-    while loaded.prompt_tokens("Ω" * k) > limit:  # the longest prompt of Ω that fits
+    while loaded.generator.count_prompt_tokens("Ω" * k) > limit:  # the longest prompt of Ω that fits
         k -= 1
     fits, too_long = "Ω" * k, "Ω" * (k + 1)
     assert "Done" in run_gen(gen, prompt=fits, steps=1, num_images=1)[-1][1]
-    n = loaded.prompt_tokens(too_long)
+    n = loaded.generator.count_prompt_tokens(too_long)
     assert n > limit
     with pytest.raises(gr.Error, match=f"The prompt is {n} tokens; the limit is {limit}. Shorten it."):
         run_gen(gen, prompt=too_long)
@@ -440,12 +447,12 @@ def test_the_prompt_box_shows_its_token_count_and_limit(tiny_model_dir, engine):
     assert waiting.token_line("a red circle") == "The token limit shows here once the model is loaded."
     assert waiting.engine.state == "idle"  # typing does not load the model
     gen = GenerateHandlers(engine)
-    loaded, limit = engine.get(), engine.get().prompt_token_limit
-    n = loaded.prompt_tokens("a red circle")
-    assert gen.token_line("a red circle") == f"{n} / {limit} tokens"
+    pipe = engine.get().generator
+    limit, count = pipe.prompt_token_limit, pipe.count_prompt_tokens
+    assert gen.token_line("a red circle") == f"{count('a red circle')} / {limit} tokens"
     long = "Ω" * limit
-    assert gen.token_line(long) == f"**{loaded.prompt_tokens(long)} / {limit} tokens**: too long, shorten the prompt"
-    assert gen.token_line(None) == f"{loaded.prompt_tokens('')} / {limit} tokens"
+    assert gen.token_line(long) == f"**{count(long)} / {limit} tokens**: too long, shorten the prompt"
+    assert gen.token_line(None) == f"{count('')} / {limit} tokens"
 
 
 def test_generation_busy_session_is_refused(gen):

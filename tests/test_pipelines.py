@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 
@@ -12,6 +13,8 @@ from PIL import Image
 
 from janusflow_core import ChatPipeline, GenerationPipeline
 from janusflow_core.limits import IMAGES, SEED, STEPS, InputError
+from janusflow_core.pipelines import SamplingDefaults, check_generation_inputs
+from janusflow_core.sampling import StepControl, stop_when
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +27,8 @@ def _final(gen, **kw):
 
 
 def test_cached_prompt_prefix_gives_the_uncached_trajectory(gen):
-    cached = list(gen.iterate("a red circle left of a blue square", steps=5, cfg=3.0, seed=4, num_images=2))
-    full = list(gen.iterate("a red circle left of a blue square", steps=5, cfg=3.0, seed=4, num_images=2,
+    cached = list(gen.iterate("a red circle left of a blue square", steps=5, guidance_scale=3.0, seed=4, num_images=2))
+    full = list(gen.iterate("a red circle left of a blue square", steps=5, guidance_scale=3.0, seed=4, num_images=2,
                             use_cache=False))
     for a, b in zip(cached, full):
         torch.testing.assert_close(a.z_next, b.z_next, atol=1e-5, rtol=0)
@@ -57,7 +60,7 @@ def test_cfg_one_skips_unconditional_rows_with_the_same_result(gen):
     assert not torch.allclose(guided, cond_only, atol=1e-4)
 
 
-def test_callback_per_step_interrupt_and_images(gen):
+def test_callback_runs_once_per_step_and_can_stop_the_run(gen):
     seen = []
     stop = threading.Event()
 
@@ -65,13 +68,69 @@ def test_callback_per_step_interrupt_and_images(gen):
         seen.append((s.index, s.t))
         if s.index == 1:
             stop.set()
+        return stop_when(stop)(s)
 
-    result = gen("a triangle", steps=6, seed=1, num_images=2, callback=cb, interrupt=stop)
-    assert result.interrupted and result.steps_done == 2 and len(seen) == 2
+    result = gen("a triangle", steps=6, seed=1, num_images=2, callback_on_step_end=cb)
+    assert result.interrupted and result.steps_done == 2 and seen == [(0, 0.0), (1, 1 / 6)]
     assert len(result.images) == 2 and result.images[0].size == (32, 32)
-    full = gen("a triangle", steps=3, seed=1, callback=lambda s: seen.append(s.index))
-    assert not full.interrupted and full.steps_done == 3
-    assert full.steps == 3 and full.cfg == 2.0
+    states = list(gen.iterate("a triangle", steps=6, seed=1, num_images=2))
+    assert result.latents.equal(states[1].x1_hat)  # stopped: the last step's predicted clean latent
+    full = gen("a triangle", steps=3, seed=1, callback_on_step_end=lambda s: seen.append(s.index))  # None: go on
+    assert not full.interrupted and full.steps_done == 3 and seen[2:] == [0, 1, 2]
+    assert full.steps == 3 and full.guidance_scale == 2.0
+    assert full.latents.equal(list(gen.iterate("a triangle", steps=3, seed=1))[-1].z_next)  # finished: z_next
+
+
+def test_stop_from_the_hook_while_iterating_ends_after_k_steps_with_x1_as_the_result(gen):
+    k = 3
+    states = list(gen.iterate("a red circle", steps=8, seed=2, callback_on_step_end=lambda s: StepControl(
+        stop=s.index + 1 == k)))
+    assert len(states) == k and not states[-1].finished
+    assert states[-1].result.equal(states[-1].x1_hat) and not states[-1].result.equal(states[-1].z_next)
+
+
+def _hand_made_euler(gen, prompt, steps, weights, seed=0, num_images=1):
+    """The official Euler loop written out: z += v / n with the guided velocity of weights[k] at step k."""
+    state = gen.encode_prompt(*gen.prompt_rows(prompt, num_images, guided=True))
+    z = gen.initial_noise(seed, num_images)
+    for k in range(steps):
+        v_both = gen.model.velocity(torch.cat([z, z]), torch.full((2 * num_images,), k / steps), state).float()
+        v_cond, v_uncond = v_both[:num_images], v_both[num_images:]
+        z = z + (1.0 / steps) * (weights[k] * v_cond - (weights[k] - 1.0) * v_uncond)
+    return z
+
+
+def test_a_plain_run_is_the_hand_made_euler_loop_bit_for_bit(gen):
+    result = gen("a red circle", steps=30, guidance_scale=2.0, seed=3, num_images=2)
+    assert torch.equal(result.latents, _hand_made_euler(gen, "a red circle", 30, [2.0] * 30, seed=3, num_images=2))
+
+
+def test_the_hook_changes_guidance_from_the_next_step_on(gen):
+    def raise_after_two(state):
+        return StepControl(guidance_scale=5.0) if state.index == 1 else None
+
+    states = list(gen.iterate("a blue square", steps=6, guidance_scale=2.0, seed=5,
+                              callback_on_step_end=raise_after_two))
+    assert [s.guidance_scale for s in states] == [2.0, 2.0, 5.0, 5.0, 5.0, 5.0]
+    expected = _hand_made_euler(gen, "a blue square", 6, [2.0, 2.0, 5.0, 5.0, 5.0, 5.0], seed=5)
+    torch.testing.assert_close(states[-1].z_next, expected, atol=1e-6, rtol=0)
+    unchanged = list(gen.iterate("a blue square", steps=6, guidance_scale=2.0, seed=5))[-1].z_next
+    assert not torch.allclose(unchanged, expected, atol=1e-4)
+
+
+def test_guidance_can_rise_from_one_only_in_a_run_with_unconditional_rows(gen):
+    def to_three(state):
+        return StepControl(guidance_scale=3.0)
+
+    states = list(gen.iterate("a circle", steps=3, guidance_scale=1.0, seed=0, guided=True,
+                              callback_on_step_end=to_three))
+    assert [s.guidance_scale for s in states] == [1.0, 3.0, 3.0]
+    torch.testing.assert_close(states[-1].z_next, _hand_made_euler(gen, "a circle", 3, [1.0, 3.0, 3.0]),
+                               atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="guidance_scale 3 needs the unconditional rows.*guided=True"):
+        list(gen.iterate("a circle", steps=3, guidance_scale=1.0, callback_on_step_end=to_three))
+    with pytest.raises(InputError, match="guidance_scale must be a number from 0 to 10, got 12"):
+        list(gen.iterate("a circle", steps=3, callback_on_step_end=lambda s: StepControl(guidance_scale=12)))
 
 
 def test_previews_decode_x1_and_zt(gen):
@@ -82,17 +141,24 @@ def test_previews_decode_x1_and_zt(gen):
         gen.preview(state, "sharp")
 
 
-def test_defaults_come_from_the_model_sampling_settings(gen):
+def test_defaults_come_from_the_model_sampling_settings(gen, tiny_bundle):
     states = list(gen.iterate("a circle", seed=0))
-    assert len(states) == gen.bundle.sampling["steps"] == 4
+    assert len(states) == gen.bundle.sampling["steps"] == 4 and states[0].guidance_scale == 2.0
+    tuned = GenerationPipeline(dataclasses.replace(tiny_bundle, sampling={"steps": 3, "cfg": 4.5}))
+    assert tuned.defaults == SamplingDefaults(steps=3, guidance_scale=4.5)
+    result = tuned("a circle", seed=0)
+    assert result.steps == 3 and result.guidance_scale == 4.5
+    assert result.latents.equal(gen("a circle", steps=3, guidance_scale=4.5, seed=0).latents)
+    published = GenerationPipeline(dataclasses.replace(tiny_bundle, sampling={}))  # no sampling.json values
+    assert published.defaults == SamplingDefaults(steps=30, guidance_scale=2.0)
 
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"steps": 0}, f"steps must be a whole number from 1 to {STEPS[1]}, got 0"),
     ({"steps": STEPS[1] + 1}, f"steps must be a whole number from 1 to {STEPS[1]}"),
     ({"steps": 2.5}, "steps must be a whole number"),
-    ({"cfg": -0.5}, "cfg must be a number from 0 to 10, got -0.5"),
-    ({"cfg": float("nan")}, "cfg must be a number from 0 to 10, got nan"),
+    ({"guidance_scale": -0.5}, "guidance_scale must be a number from 0 to 10, got -0.5"),
+    ({"guidance_scale": float("nan")}, "guidance_scale must be a number from 0 to 10, got nan"),
     ({"num_images": 0}, f"num_images must be a whole number from 1 to {IMAGES[1]}"),
     ({"num_images": IMAGES[1] + 1}, f"num_images must be a whole number from 1 to {IMAGES[1]}"),
     ({"sampler": "dpm"}, "sampler must be one of euler, heun; got 'dpm'"),
@@ -105,13 +171,25 @@ def test_bad_generation_arguments_are_clear_errors(gen, kwargs, message):
 
 
 def test_empty_and_overlong_prompts(gen):
-    with pytest.raises(ValueError, match="prompt is empty"):
+    with pytest.raises(InputError, match="the prompt is empty"):
         gen("   ")
-    limit = gen.config.llm.max_position_embeddings - 1 - gen.config.num_gen_tokens
-    with pytest.raises(ValueError, match=f"the limit is {limit}"):
-        gen("circle " * 500)
+    limit = gen.prompt_token_limit
+    assert limit == gen.config.llm.max_position_embeddings - 1 - gen.config.num_gen_tokens
+    fits = "circle " * 10
+    assert gen.count_prompt_tokens(fits) == len(gen.prompt_rows(fits, 1, guided=False)[0][0]) < limit
+    n = gen.count_prompt_tokens("circle " * 500)
+    with pytest.raises(InputError, match=f"the prompt is {n} tokens; the limit is {limit}. Shorten it."):
+        gen.iterate("circle " * 500)  # refused when the run is asked for, before any model work
     with pytest.raises(InputError, match="the prompt is 4200 characters long; the limit is 4000"):
         gen("circle " * 600)
+
+
+def test_check_generation_inputs_names_fields_in_the_callers_words():
+    with pytest.raises(InputError, match="^guidance_scale must be a number from 0 to 10, got -1$"):
+        check_generation_inputs("a circle", None, -1, 1, "euler", 0)
+    with pytest.raises(InputError, match="^cfg must be a number from 0 to 10, got -1$"):
+        check_generation_inputs("a circle", None, -1, 1, "euler", 0, names={"guidance_scale": "cfg"})
+    assert check_generation_inputs("a circle", "7", "2.5", 2.0, "heun", 4) == (7, 2.5, 2, 4)
 
 
 def test_nan_in_latent_stops_with_an_error(gen, monkeypatch):
@@ -219,12 +297,44 @@ def test_image_k_barely_depends_on_the_number_of_images(gen):
     """Image k's noise is bit-identical whatever num_images; the batched LLM and VAE passes round differently
     by batch size, so the final latents agree to ~1e-5 and the pixels to within 1/255 (see initial_noise)."""
     assert torch.equal(gen.initial_noise(7, 3)[1], gen.initial_noise(8, 1)[0])
-    one = gen("a red circle", steps=4, cfg=2.0, seed=7, num_images=1)
-    three = gen("a red circle", steps=4, cfg=2.0, seed=7, num_images=3)
-    shifted = gen("a red circle", steps=4, cfg=2.0, seed=6, num_images=2)  # image 1 of seed 6 uses seed 7
+    one = gen("a red circle", steps=4, guidance_scale=2.0, seed=7, num_images=1)
+    three = gen("a red circle", steps=4, guidance_scale=2.0, seed=7, num_images=3)
+    shifted = gen("a red circle", steps=4, guidance_scale=2.0, seed=6, num_images=2)  # image 1 of seed 6 uses seed 7
     for other in (three.latents[0], shifted.latents[1]):
         torch.testing.assert_close(other, one.latents[0], atol=1e-4, rtol=0)
     for other in (three.images[0], shifted.images[1]):
         diff = np.abs(np.asarray(other, dtype=np.int16) - np.asarray(one.images[0], dtype=np.int16))
         assert diff.max() <= 1
     assert not torch.allclose(three.latents[1], one.latents[0], atol=1e-2)  # a different seed is another image
+
+
+def _exchange(text):
+    return [{"role": "user", "content": text}, {"role": "assistant", "content": text}]
+
+
+def test_fit_context_drops_the_oldest_exchanges_first_and_keeps_the_latest_message(chat):
+    words = "red blue green circle square " * 40  # ~200 tokens a message in the tiny model's 512
+    red = Image.new("RGB", (30, 30), "red")
+    first = [{"role": "user", "content": "look", "images": [red]}, {"role": "assistant", "content": "a red square"}]
+    messages = first + _exchange(words) + _exchange(words) + [{"role": "user", "content": "and now?"}]
+    kept, dropped = chat.fit_context(messages, max_new_tokens=64)
+    assert kept == messages[-1 - 2 * (3 - dropped):] and kept[-1]["content"] == "and now?"
+    assert dropped == 3 - (len(kept) - 1) // 2 >= 2 and kept[0]["role"] == "user"
+    assert chat.prompt_length(kept) <= 512 - 64 < chat.prompt_length(messages[-len(kept) - 2:])  # no more dropped
+    short = first + [{"role": "user", "content": "and now?"}]
+    assert chat.fit_context(short, max_new_tokens=64) == (short, 0)  # fits: nothing dropped, the image stays
+
+
+def test_fit_context_keeps_a_long_latest_message_and_refuses_one_beyond_the_context(chat):
+    k = 1
+    while chat.prompt_length([{"role": "user", "content": "circle " * k}]) <= 512 - 100:
+        k += 1
+    long = "circle " * k  # fits the 512-token context, leaving less than the answer's room
+    messages = _exchange("hello") + [{"role": "user", "content": long}]
+    kept, dropped = chat.fit_context(messages, max_new_tokens=100)
+    assert kept == messages[-1:] and dropped == 1 and 512 - 100 < chat.prompt_length(kept) < 512
+    too_long = [{"role": "user", "content": "circle " * 600}]
+    n = chat.prompt_length(too_long)
+    with pytest.raises(InputError, match=f"the latest message is {n} tokens with its images; the model's "
+                                         "context is 512 tokens, the answer included"):
+        chat.fit_context(too_long, max_new_tokens=10)

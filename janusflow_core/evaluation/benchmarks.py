@@ -234,7 +234,8 @@ def make_generator(
     pipe = GenerationPipeline(_bundle(model, device, dtype))
 
     def generate(prompt: str, seed: int, num_images: int) -> list[Image.Image]:
-        return list(pipe(prompt, steps=steps, cfg=cfg, seed=seed, num_images=num_images, sampler=sampler).images)
+        return list(pipe(prompt, steps=steps, guidance_scale=cfg, seed=seed, num_images=num_images,
+                         sampler=sampler).images)
 
     return generate
 

@@ -1,52 +1,81 @@
 """Text-to-image generation: prompt rows -> cached prefix -> CFG rectified-flow ODE -> VAE decode.
 
-Every Euler step is exposed (``iterate`` yields a StepState per step; ``__call__`` takes a callback),
-so a UI can preview the predicted clean image x̂1 = z_t + (1 - t) v while the sampler runs.
+The pipeline owns the run: it checks the request, takes unset steps and guidance weight from the model's
+``sampling.json``, runs the one sampling loop (:func:`janusflow_core.sampling.sample`) and says which latent
+a finished or stopped run returns (:attr:`StepState.result`). Every step is exposed (``iterate`` yields a
+StepState per step, so a UI can preview the predicted clean image x̂1 = z_t + (1 - t) v while the sampler
+runs), and a per-step hook, ``callback_on_step_end(state) -> StepControl | None``, may stop the run or change
+the guidance weight for the steps that follow; ``__call__`` is the same loop with a final decode.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
 
 from .. import limits
-from ..checkpoint import JanusFlowBundle
+from ..checkpoint import DEFAULT_SAMPLING, JanusFlowBundle
 from ..modeling import PromptState
-from ..sampling import SOLVERS, StepState, cfg, integrate
+from ..sampling import SOLVERS, StepCallback, StepState, cfg, sample
 from ..vae import to_pil
 
+PARAMETERS = ("prompt", "steps", "guidance_scale", "num_images", "sampler", "seed")
 
-def check_generation_inputs(prompt: str, steps: int | None, cfg_weight: float | None, num_images: int, sampler: str,
-                            seed: int) -> tuple[int | None, float | None, int, int]:
+
+def field_names(names: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the messages call each request field: the parameter's name unless ``names`` renames it."""
+    return {p: p for p in PARAMETERS} | {"prompt": "the prompt"} | dict(names or {})
+
+
+def check_generation_inputs(prompt: str, steps: int | None, guidance_scale: float | None, num_images: int,
+                            sampler: str, seed: int, *, names: Mapping[str, str] | None = None,
+                            ) -> tuple[int | None, float | None, int, int]:
     """Check one request against :mod:`janusflow_core.limits` before any model work; raises InputError.
 
-    ``steps`` / ``cfg_weight`` may be None (the model's recommendation is used, checked when it is read).
-    Returns (steps, cfg_weight, num_images, seed) as numbers.
+    ``steps`` / ``guidance_scale`` may be None (the model's recommendation is used). ``names`` renames
+    fields in the messages for callers whose users know them by other names (the CLI's ``--cfg``, a
+    JSONL file's ``"cfg"``): e.g. ``{"guidance_scale": "cfg"}``. Returns (steps, guidance_scale,
+    num_images, seed) as numbers.
     """
-    limits.check_text("the prompt", prompt)
+    name = field_names(names)
+    limits.check_text(name["prompt"], prompt)
     if steps is not None:
-        steps = limits.check_number("steps", steps, limits.STEPS, integer=True)
-    if cfg_weight is not None:
-        cfg_weight = limits.check_number("cfg", cfg_weight, limits.GUIDANCE)
-    num_images = limits.check_number("num_images", num_images, limits.IMAGES, integer=True)
-    limits.check_choice("sampler", sampler, SOLVERS)
-    seed = limits.check_number("seed", seed, limits.SEED, integer=True)
-    return steps, cfg_weight, num_images, seed
+        steps = limits.check_number(name["steps"], steps, limits.STEPS, integer=True)
+    if guidance_scale is not None:
+        guidance_scale = limits.check_number(name["guidance_scale"], guidance_scale, limits.GUIDANCE)
+    num_images = limits.check_number(name["num_images"], num_images, limits.IMAGES, integer=True)
+    limits.check_choice(name["sampler"], sampler, SOLVERS)
+    seed = limits.check_number(name["seed"], seed, limits.SEED, integer=True)
+    return steps, guidance_scale, num_images, seed
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request that leaves steps or the guidance weight unset gets."""
+
+    steps: int
+    guidance_scale: float
+
+    @classmethod
+    def from_sampling(cls, sampling: Mapping[str, Any]) -> SamplingDefaults:
+        """A model's ``sampling.json`` settings (keys ``steps`` and ``cfg``) over the published defaults."""
+        merged = {**DEFAULT_SAMPLING, **sampling}
+        return cls(steps=int(merged["steps"]), guidance_scale=float(merged["cfg"]))
 
 
 @dataclass
 class GenerationResult:
     images: list[Image.Image]
-    latents: torch.Tensor  # (B, C, h, w) final scaled latents, float32
+    latents: torch.Tensor  # (B, C, h, w) final scaled latents, float32 (x̂1 of the last step when stopped)
     prompt: str
     seed: int
     steps: int
-    cfg: float
+    guidance_scale: float  # the weight the run started with (a step callback may have changed it later)
     sampler: str
     interrupted: bool = False
     steps_done: int = 0
@@ -59,14 +88,35 @@ class GenerationPipeline:
         self.model = bundle.model
         self.config = bundle.config
 
+    @property
+    def defaults(self) -> SamplingDefaults:
+        """Steps and guidance weight for requests that leave them unset: the model's ``sampling.json``."""
+        return SamplingDefaults.from_sampling(self.bundle.sampling)
+
+    @property
+    def prompt_token_limit(self) -> int:
+        """The longest prompt in tokens (chat template included): the context less the time position and
+        the image tokens."""
+        return self.config.llm.max_position_embeddings - 1 - self.config.num_gen_tokens
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        """The prompt's length in tokens, chat template included, as :meth:`prompt_rows` encodes it."""
+        return len(self.bundle.processor.encode_generation_prompt(prompt))
+
     # 1. check inputs ---------------------------------------------------------------------------------
-    def check_inputs(self, prompt: str, steps: int | None, cfg_weight: float | None, num_images: int,
-                     sampler: str, seed: int) -> tuple[int, float]:
-        """(steps, cfg weight) after the limits checks, unset values taken from the model's sampling.json."""
-        steps, cfg_weight, _, _ = check_generation_inputs(prompt, steps, cfg_weight, num_images, sampler, seed)
-        steps = int(self.bundle.sampling.get("steps", 30)) if steps is None else steps
-        cfg_weight = float(self.bundle.sampling.get("cfg", 2.0)) if cfg_weight is None else cfg_weight
-        return steps, cfg_weight
+    def check_inputs(self, prompt: str, steps: int | None, guidance_scale: float | None, num_images: int,
+                     sampler: str, seed: int, *, names: Mapping[str, str] | None = None) -> tuple[int, float, int, int]:
+        """(steps, guidance_scale, num_images, seed) after the limits checks and the prompt's length in tokens,
+        unset values taken from :attr:`defaults`. ``names``: as in :func:`check_generation_inputs`."""
+        steps, guidance_scale, num_images, seed = check_generation_inputs(prompt, steps, guidance_scale,
+                                                                          num_images, sampler, seed, names=names)
+        n = self.count_prompt_tokens(prompt)
+        if n > self.prompt_token_limit:
+            raise limits.InputError(f"{field_names(names)['prompt']} is {n} tokens; the limit is "
+                                    f"{self.prompt_token_limit}. Shorten it.")
+        steps = self.defaults.steps if steps is None else steps
+        guidance_scale = self.defaults.guidance_scale if guidance_scale is None else guidance_scale
+        return steps, guidance_scale, num_images, seed
 
     # 2. noise -------------------------------------------------------------------------------------------
     def initial_noise(self, seed: int, num_images: int) -> torch.Tensor:
@@ -86,8 +136,9 @@ class GenerationPipeline:
 
     # 3. prompt rows and their cached prefix ---------------------------------------------------------
     def prompt_rows(self, prompt: str, num_images: int, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        limit = self.config.llm.max_position_embeddings - 1 - self.config.num_gen_tokens
-        ids = self.bundle.processor.encode_generation_prompt(prompt, max_length=limit)
+        """Token rows and mask: ``num_images`` conditional rows, then (``guided``) as many unconditional
+        ones (ValueError for a prompt longer than :attr:`prompt_token_limit`; ``check_inputs`` says so first)."""
+        ids = self.bundle.processor.encode_generation_prompt(prompt, max_length=self.prompt_token_limit)
         tokens, mask = self.bundle.processor.cfg_rows(ids, num_images)
         if not guided:  # w = 1: v_cfg == v_cond, the unconditional rows are not needed
             tokens, mask = tokens[:num_images], mask[:num_images]
@@ -98,32 +149,55 @@ class GenerationPipeline:
         return self.model.prepare_prompt(tokens, mask, use_cache=use_cache)
 
     # 4. guided velocity ------------------------------------------------------------------------------
-    def guided_velocity(self, prompt: PromptState, cfg_weight: float) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    def guided_velocity(self, prompt: PromptState, guidance_scale: float) -> Callable[[torch.Tensor, float],
+                                                                                      torch.Tensor]:
+        """v(z, t): ``cfg`` of the conditional and unconditional rows' velocities with weight ``guidance_scale``
+        (the conditional velocity alone for a prompt without unconditional rows, which only w = 1 allows)."""
+        w = float(guidance_scale)
+
         @torch.inference_mode()
         def velocity(z: torch.Tensor, t: float) -> torch.Tensor:
             b = z.shape[0]
             paired = prompt.rows == 2 * b  # cond rows then uncond rows; else cond rows only (w = 1)
             if not paired and prompt.rows != b:
                 raise ValueError(f"{b} latents do not fit a prompt of {prompt.rows} rows")
+            if not paired and w != 1.0:
+                raise ValueError(f"guidance_scale {w:g} needs the unconditional rows, and this run has none (it "
+                                 "started at guidance_scale 1); start it with guided=True to change the weight later")
             rows = torch.cat([z, z]) if paired else z  # cond and uncond rows share the latent
             t_rows = torch.full((rows.shape[0],), t, device=z.device, dtype=torch.float32)
             v = self.model.velocity(rows, t_rows, prompt).float()
-            return cfg(v[:b], v[b:], cfg_weight) if paired else v
+            return cfg(v[:b], v[b:], w) if paired else v
 
         return velocity
 
     # 5. denoise ----------------------------------------------------------------------------------------
-    def iterate(self, prompt: str, steps: int | None = None, cfg: float | None = None, seed: int = 0,
-                num_images: int = 1, sampler: str = "euler", latents: torch.Tensor | None = None,
-                use_cache: bool = True) -> Iterator[StepState]:
-        """Yield one StepState per solver step (no decoding). The last state's z_next is the result."""
-        steps, cfg_weight = self.check_inputs(prompt, steps, cfg, num_images, sampler, seed)
-        num_images, seed = int(num_images), int(seed)  # checked whole numbers (maybe given as "2" or 2.0)
-        guided = cfg_weight != 1.0
-        tokens, mask = self.prompt_rows(prompt, num_images, guided)
-        state = self.encode_prompt(tokens, mask, use_cache)
+    def iterate(self, prompt: str, steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+                num_images: int = 1, sampler: str = "euler", *, latents: torch.Tensor | None = None,
+                use_cache: bool = True, guided: bool | None = None,
+                callback_on_step_end: StepCallback | None = None) -> Iterator[StepState]:
+        """Check the request now (InputError), then yield one StepState per solver step (no decoding).
+
+        ``callback_on_step_end(state)`` runs after each state is handed out and may return a StepControl:
+        stop there, or a guidance weight for the steps that follow. The last state's ``result`` is the
+        run's latent whether it finished (z_next) or stopped (x̂1). ``guided`` encodes the unconditional
+        rows CFG needs (default: when guidance_scale is not 1); pass True to start at 1 and raise the
+        weight from a callback.
+        """
+        steps, guidance_scale, num_images, seed = self.check_inputs(prompt, steps, guidance_scale, num_images,
+                                                                    sampler, seed)
+        tokens, mask = self.prompt_rows(prompt, num_images, guidance_scale != 1.0 if guided is None else guided)
         z0 = self.initial_noise(seed, num_images) if latents is None else latents.to(self.model.device).float()
-        yield from integrate(self.guided_velocity(state, cfg_weight), z0, steps, sampler)
+        return self._denoise(tokens, mask, use_cache, z0, steps, sampler, guidance_scale, callback_on_step_end)
+
+    def _denoise(self, tokens: torch.Tensor, mask: torch.Tensor, use_cache: bool, z0: torch.Tensor, steps: int,
+                 sampler: str, guidance_scale: float, callback: StepCallback | None) -> Iterator[StepState]:
+        state = self.encode_prompt(tokens, mask, use_cache)  # on the first step, by whoever iterates
+
+        def field(w: float) -> Callable[[torch.Tensor, float], torch.Tensor]:  # w may come from the callback
+            return self.guided_velocity(state, limits.check_number("guidance_scale", w, limits.GUIDANCE))
+
+        yield from sample(field, z0, steps, sampler, guidance_scale, callback)
 
     # 6. decode ----------------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
@@ -137,24 +211,18 @@ class GenerationPipeline:
             raise ValueError(f"preview mode must be 'x1' or 'zt', got {mode!r}")
         return self.decode(state.x1_hat if mode == "x1" else state.z_t)
 
-    def __call__(self, prompt: str, steps: int | None = None, cfg: float | None = None, seed: int = 0,
-                 num_images: int = 1, sampler: str = "euler", callback: Callable[[StepState], None] | None = None,
-                 interrupt: threading.Event | None = None, latents: torch.Tensor | None = None,
-                 use_cache: bool = True) -> GenerationResult:
-        """Generate ``num_images`` images. ``callback`` runs after every step; setting ``interrupt``
-        stops between steps (the result then holds the last predicted clean images)."""
+    def __call__(self, prompt: str, steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
+                 num_images: int = 1, sampler: str = "euler", *, latents: torch.Tensor | None = None,
+                 use_cache: bool = True, guided: bool | None = None,
+                 callback_on_step_end: StepCallback | None = None) -> GenerationResult:
+        """Generate ``num_images`` images: :meth:`iterate` run to its end, then decoded. A callback that
+        stops the run early gives the last step's predicted clean images (``interrupted`` is then True)."""
         start = time.perf_counter()
-        steps_n, cfg_weight = self.check_inputs(prompt, steps, cfg, num_images, sampler, seed)
-        seed = int(seed)
-        last: StepState | None = None
-        interrupted = False
-        for last in self.iterate(prompt, steps_n, cfg_weight, seed, num_images, sampler, latents, use_cache):
-            if callback is not None:
-                callback(last)
-            if interrupt is not None and interrupt.is_set() and last.index + 1 < last.num_steps:
-                interrupted = True
-                break
-        final = last.x1_hat if interrupted else last.z_next
-        return GenerationResult(images=self.decode(final), latents=final, prompt=prompt, seed=seed, steps=steps_n,
-                                cfg=cfg_weight, sampler=sampler, interrupted=interrupted,
-                                steps_done=last.index + 1, seconds=time.perf_counter() - start)
+        steps, guidance_scale, _, seed = self.check_inputs(prompt, steps, guidance_scale, num_images, sampler, seed)
+        *_, last = self.iterate(prompt, steps, guidance_scale, seed, num_images, sampler, latents=latents,
+                                use_cache=use_cache, guided=guided, callback_on_step_end=callback_on_step_end)
+        final = last.result
+        return GenerationResult(images=self.decode(final), latents=final, prompt=prompt, seed=seed,
+                                steps=steps, guidance_scale=guidance_scale, sampler=sampler,
+                                interrupted=not last.finished, steps_done=last.index + 1,
+                                seconds=time.perf_counter() - start)

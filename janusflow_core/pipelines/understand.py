@@ -121,6 +121,36 @@ class ChatPipeline:
         return self.processor(list(conversations), images, system_prompt=system_prompt,
                               max_length=self._context_limit() - 1)
 
+    def prompt_length(self, messages: Sequence[Message], images: Sequence[Any] | None = None,
+                      system_prompt: str | None = None) -> int:
+        """The conversation's prompt in tokens, image tokens and the answer's ``Assistant:`` included."""
+        return len(self.processor.encode_chat(messages, images, system_prompt)["input_ids"])
+
+    def fit_context(self, messages: Sequence[Message], *, max_new_tokens: int, system_prompt: str | None = None,
+                    answer_room: int = 128) -> tuple[list[Message], int]:
+        """The conversation with its oldest exchanges dropped until the prompt leaves room for the answer.
+
+        Room for ``min(max_new_tokens, answer_room, context / 4)`` answer tokens is kept; an exchange is
+        a user message and the replies up to the next one, and its images (each message's ``images``) go
+        with it. The latest user message is always kept: if it alone leaves less room, the answer is
+        shorter; if it alone does not fit the context, InputError. Returns (messages, exchanges dropped).
+        """
+        context = self._context_limit()
+        room = min(int(max_new_tokens), answer_room, context // 4)
+        kept, dropped = list(messages), 0
+        while True:
+            n = self.prompt_length(kept, system_prompt=system_prompt)
+            if n <= context - room:
+                return kept, dropped
+            later_user = [i for i, m in enumerate(kept) if i > 0 and m["role"] == "user"]
+            if not later_user:  # only the latest user message is left
+                if n < context:
+                    return kept, dropped
+                raise limits.InputError(
+                    f"the latest message is {n} tokens with its images; the model's context is {context} tokens, "
+                    "the answer included. Shorten it or attach fewer images.")
+            kept, dropped = kept[later_user[0]:], dropped + 1
+
     def stream(self, messages: Sequence[Message], images: Sequence[Any] | None = None, *, max_new_tokens: int = 512,
                temperature: float = 0.0, top_p: float = 0.95, seed: int | None = None,
                stop_event: threading.Event | None = None, system_prompt: str | None = None,
