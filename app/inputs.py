@@ -6,14 +6,13 @@ which the handlers turn into a refusal (``components.refusals``).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from janusflow_core.limits import MAX_IMAGE_PIXELS, MAX_MESSAGE_CHARS, InputError
-from janusflow_core.processing.image import SUPPORTED_FORMATS, load_image
+from janusflow_core.limits import MAX_MESSAGE_CHARS, InputError
+from janusflow_core.processing.image import load_image
 
 MAX_UPLOAD = "25mb"  # passed to launch(max_file_size=...): gradio refuses larger uploads itself
 
@@ -33,22 +32,7 @@ def check_text(name: str, text: Any, required: bool = True, hint: str = "") -> s
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """An uploaded file as an RGB image. Refuses files that are not images, truncated images, and images
-    with more than MAX_IMAGE_PIXELS pixels (deciding the last from the header alone)."""
-    name = Path(path).name
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as header:
-                width, height = header.size
-    except Image.DecompressionBombError:
-        raise InputError(f"{name} is far larger than the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit.") from None
-    except (UnidentifiedImageError, OSError):
-        raise InputError(f"{name} is not an image this app can read. Supported: {SUPPORTED_FORMATS}.") from None
-    if width * height > MAX_IMAGE_PIXELS:
-        raise InputError(f"{name} is {width}×{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
-                         f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP. Please downscale it first.")
-    try:
-        return load_image(path)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{name} could not be read (is it complete?): {exc}") from None
+    """An uploaded file as an RGB image, through the core's loader (which refuses files that are not
+    images, truncated images and images above ``limits.MAX_IMAGE_PIXELS``, the last from the header
+    alone). Messages name the upload by its file name, never by where the server stored it."""
+    return load_image(path, name=Path(path).name)

@@ -130,10 +130,10 @@ def test_every_chat_refusal_leaves_the_page_usable_and_the_conversation_readable
     ask(page, "hello")  # a conversation to keep readable
     bubbles = page.locator("#chatbot .message-row").count()
     refusals = [
-        ("what is this?", [text_as_png(tmp_path / "notes.png")], "notes.png is not an image this app can read"),
-        ("what is this?", [truncated_png(tmp_path / "cut.png")], "cut.png could not be read"),
+        ("what is this?", [text_as_png(tmp_path / "notes.png")], "notes.png is not a readable image"),
+        ("what is this?", [truncated_png(tmp_path / "cut.png")], "cut.png could not be decoded as an image"),
         ("what is this?", [huge_png_header(tmp_path / "big.png", 8000, 8000)],
-         "big.png is 8000×8000 pixels (64 MP); the limit is 50 MP"),
+         "big.png is 8000 x 8000 = 64.0 megapixels; the limit is 50 megapixels"),
         ("", [], "Type a question, or attach an image to ask about."),
         ("   ", [], "Type a question, or attach an image to ask about."),
     ]

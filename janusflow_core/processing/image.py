@@ -142,8 +142,8 @@ def _open_checked(source: Any, name: str) -> Image.Image:
             raise
         # truncated or corrupt data: Pillow raises any of these from its format plugins
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{name} could not be decoded as an image ({detail}); the file may be truncated or "
-                         f"corrupt. Supported formats: {SUPPORTED_FORMATS}") from e
+        raise InputError(f"{name} could not be decoded as an image ({detail}): the file is truncated or "
+                         "corrupt") from e
 
 
 def _scale_to_uint8(arr: np.ndarray, lo: float, hi: float) -> Image.Image:
@@ -203,29 +203,31 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
     raise ValueError(f"numpy images must have shape (H, W) or (H, W, 1|3|4), got {arr.shape}")
 
 
-def load_image(x: ImageInput) -> Image.Image:
+def load_image(x: ImageInput, *, name: str | None = None) -> Image.Image:
     """Return a PIL RGB image from a path, encoded bytes, a PIL image or an HWC uint8 array.
 
     Alpha is composited over white; 16-bit and float images are scaled to 8 bits by their range.
     Raises InputError (a ValueError naming the file and the supported formats) for data that is not an
     image, a truncated or corrupt file, or an image above ``limits.MAX_IMAGE_PIXELS``.
     No EXIF rotation is applied, like the official pipeline (``Image.open(...).convert("RGB")``).
+    ``name`` is what the messages call the image (default: the path, or what kind of object it is), e.g.
+    an upload's own file name rather than where a server stored it.
     """
     if isinstance(x, Image.Image):
         im = x
-        check_image_size(*im.size, "the given image")
+        check_image_size(*im.size, name or "the given image")
     elif isinstance(x, np.ndarray):
         im = _array_to_pil(x)
-        check_image_size(*im.size, "the given array")
+        check_image_size(*im.size, name or "the given array")
     elif isinstance(x, (bytes, bytearray)):
-        im = _open_checked(io.BytesIO(bytes(x)), f"the given image bytes ({len(x)} bytes)")
+        im = _open_checked(io.BytesIO(bytes(x)), name or f"the given image bytes ({len(x)} bytes)")
     elif isinstance(x, (str, os.PathLike)):
         path = Path(x)
         if path.is_dir():
-            raise InputError(f"{path} is a folder, not an image file")
+            raise InputError(f"{name or path} is a folder, not an image file")
         if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        im = _open_checked(path, f"file {str(path)!r}")
+            raise FileNotFoundError(f"image file not found: {name or path}")
+        im = _open_checked(path, name or f"file {str(path)!r}")
     else:
         raise TypeError(f"cannot load an image from {type(x).__name__}; pass a path, bytes, PIL image or numpy array")
     return to_rgb(im)
