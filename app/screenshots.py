@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from janusflow_core.checkpoint import DEFAULT_MODEL  # noqa: E402
+from janusflow_core.bundle import DEFAULT_MODEL  # noqa: E402
 
 from .browser import ask, chromium_page, find_chromium, generate, open_app, set_number  # noqa: E402
 from .layout import EXAMPLES_DIR  # noqa: E402

@@ -35,7 +35,7 @@ import torch
 from app.display import grid
 from app.engine import Engine, Loaded
 from app.generate import preview_images
-from janusflow_core.checkpoint import DEFAULT_MODEL
+from janusflow_core.bundle import DEFAULT_MODEL
 
 MODES = ("x1", "x1-fast")
 

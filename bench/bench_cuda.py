@@ -47,7 +47,8 @@ from PIL import Image
 from safetensors import safe_open
 
 try:  # the project (and diffusers, which its pipelines need): a failure here still gives a report
-    from janusflow_core.checkpoint import JanusFlowBundle, load_pretrained, save_pretrained
+    from janusflow_core.bundle import JanusFlowBundle
+    from janusflow_core.checkpoint import load_pretrained, save_pretrained
     from janusflow_core.config import PRESETS, JanusFlowConfig
     from janusflow_core.modeling import JanusFlowModel
     from janusflow_core.modeling.llm import reset_rope_buffers
