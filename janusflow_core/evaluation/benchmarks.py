@@ -160,7 +160,7 @@ def make_reconstructor(model: str | None, batch: int = 64) -> Callable[[list[Ima
     import numpy as np
 
     from janusflow_core.bundle import DEFAULT_MODEL
-    from janusflow_core.training.data import to_pixel_values
+    from janusflow_core.processing.image import to_pixel_values
     from janusflow_core.vae import VAE, to_pil
 
     folder = Path(model) if model else DEFAULT_MODEL
