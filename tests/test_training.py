@@ -474,10 +474,10 @@ def test_missing_data_and_wrong_latents_are_named(setup, tmp_path):
 
 
 def test_non_divisible_grid_is_named():
-    from janusflow_core.training.tiny import tiny_config
+    from janusflow_core.presets import tiny_train
 
     with pytest.raises(ValueError, match="gen_latent_size"):
-        replace(tiny_config(300), gen_latent_size=9)
+        replace(tiny_train(300), gen_latent_size=9)
 
 
 def test_too_long_sample_is_named(setup, tmp_path):

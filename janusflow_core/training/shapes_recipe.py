@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_pretrained
-from ..config import GenDecoderConfig, GenEncoderConfig, JanusFlowConfig, LLMConfig, SigLIPConfig
+from ..config import JanusFlowConfig
 from ..modeling import JanusFlowModel
+from ..presets import shapes as model_config
 from ..processing.chat import render_chat, render_generation_prompt
-from ..processing.image import ImageProcessor, ImageProcessorConfig
-from ..processing.processor import JanusFlowProcessor, SpecialTokens
+from ..processing.processor import JanusFlowProcessor
 from ..processing.tokenizer import train_bpe_tokenizer
 from ..shapes import TASKS, all_prompts, all_questions, describe, sample_scene
 from ..vae import VAE
@@ -39,30 +39,6 @@ from .data import build_generation_pool, build_understanding_pool, task_cycle
 from .encoder_pretrain import pretrain_siglip
 from .trainer import Trainer, make_accelerator
 from .vae_train import MIN_DECODER_STEPS, finetune_decoder, train_vae
-
-IMAGE_SIZE = 64
-
-
-def model_config(vocab_size: int, hidden: int = 128, layers: int = 4) -> JanusFlowConfig:
-    """The shapes model; ``hidden`` is the LLM width (heads of 32 dimensions, MLP 3x) and ``layers`` its
-    depth. The generation encoder/decoder project to it; the ViT keeps its own width (the aligner maps
-    between them)."""
-    if hidden % 32:
-        raise ValueError(f"llm_hidden must be a multiple of 32 (heads of 32 dimensions), got {hidden}")
-    if layers < 1:
-        raise ValueError(f"llm_layers must be at least 1, got {layers}")
-    heads = hidden // 32
-    return JanusFlowConfig(
-        llm=LLMConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=256),
-        siglip=SigLIPConfig(model_name="siglip_shapes_patch8_64", image_size=IMAGE_SIZE, patch_size=8, width=128,
-                            layers=4, heads=4),
-        gen_enc=GenEncoderConfig(input_channels=4, kernel_size=2, stride=2, block_out_channels=(64,),
-                                 layers_in_middle=2, hidden_size=hidden),
-        gen_dec=GenDecoderConfig(in_channels=64, out_channels=4, block_out_channels=(64,), layers_in_middle=2,
-                                 hidden_size=hidden),
-        gen_latent_size=IMAGE_SIZE // 4,
-    )
 
 
 @dataclass(frozen=True)
@@ -175,11 +151,6 @@ def corpus(seed: int, n_scenes: int = 3000) -> list[str]:
     return texts
 
 
-def build_processor(tokenizer, num_image_tokens: int, system_prompt: str = "") -> JanusFlowProcessor:
-    return JanusFlowProcessor(tokenizer, ImageProcessor(ImageProcessorConfig(image_size=IMAGE_SIZE)),
-                              num_image_tokens, SpecialTokens.from_tokenizer(tokenizer), system_prompt=system_prompt)
-
-
 def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     from transformers import AutoTokenizer
 
@@ -201,7 +172,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     acc.wait_for_everyone()
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     cfg = recipe.model_config(len(tokenizer))
-    processor = build_processor(tokenizer, cfg.num_und_tokens, recipe.system_prompt)
+    processor = JanusFlowProcessor.for_model(cfg, tokenizer, system_prompt=recipe.system_prompt)
     times["tokenizer"] = time.time() - t0
 
     # 2 + 3. VAE and understanding encoder (SigLIP-style pre-training); with two or more processes the
