@@ -122,7 +122,7 @@ def main() -> None:
             in_proc[n, mode] = in_process(loaded, args.steps, n, mode)
         api = {}
         if not args.no_api:
-            from app.testing import serve
+            from tools.serve import serve
 
             with serve(model) as (url, _):
                 for n, mode in cases:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_training import tiny_setup
 from PIL import Image
 
 from janusflow_core.processing.chat import render_chat
@@ -27,7 +28,6 @@ from janusflow_core.training import (
     sample_logit_normal,
     update_ema,
 )
-from janusflow_core.training.tiny import tiny_setup
 from janusflow_core.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

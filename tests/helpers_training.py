@@ -9,12 +9,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import JanusFlowConfig
-from ..modeling import JanusFlowModel
-from ..presets import get_preset
-from ..processing.processor import JanusFlowProcessor
-from ..processing.tokenizer import train_bpe_tokenizer
-from .data import GenerationPool, UnderstandingPool, build_generation_pool, build_understanding_pool
+from janusflow_core.config import JanusFlowConfig
+from janusflow_core.modeling import JanusFlowModel
+from janusflow_core.presets import get_preset
+from janusflow_core.processing.processor import JanusFlowProcessor
+from janusflow_core.processing.tokenizer import train_bpe_tokenizer
+from janusflow_core.training.data import (
+    GenerationPool,
+    UnderstandingPool,
+    build_generation_pool,
+    build_understanding_pool,
+)
+from janusflow_core.training.shapes_recipe import corpus
 
 
 def pool_encode(images: torch.Tensor) -> torch.Tensor:
@@ -36,8 +42,6 @@ class TinySetup:
 
 
 def tiny_setup(folder: str | Path, n_und: int = 32, n_gen: int = 32, seed: int = 0) -> TinySetup:
-    from .shapes_recipe import corpus
-
     tok = train_bpe_tokenizer(corpus(seed, n_scenes=100), 300, Path(folder) / "tokenizer")
     cfg = get_preset("tiny-train", vocab_size=len(tok))
     proc = JanusFlowProcessor.for_model(cfg, tok)
