@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from .vae import VAE
 
 log = logging.getLogger(__name__)
+# JanusFlowBundle, DEFAULT_MODEL and DEFAULT_SAMPLING live in bundle.py; pipelines/ and app/engine.py still
+# import them from here.
 
 DEFAULT_VAE = "stabilityai/sdxl-vae"
 SAMPLING_FILE = "sampling.json"
