@@ -21,7 +21,7 @@ test: setup
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check janusflow_core app tests bench studies app.py
+	$(VENV)/bin/ruff check janusflow_core app tests bench studies tools app.py
 
 conformance: setup
 	$(PY) -m janusflow_core.conformance ../shared/fixtures/official-tiny-a out/conformance-a.safetensors

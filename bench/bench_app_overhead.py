@@ -35,7 +35,7 @@ import torch
 from app.display import grid
 from app.engine import Engine, Loaded
 from app.generate import preview_images
-from janusflow_core.checkpoint import DEFAULT_MODEL
+from janusflow_core.bundle import DEFAULT_MODEL
 
 MODES = ("x1", "x1-fast")
 
@@ -122,7 +122,7 @@ def main() -> None:
             in_proc[n, mode] = in_process(loaded, args.steps, n, mode)
         api = {}
         if not args.no_api:
-            from app.testing import serve
+            from tools.serve import serve
 
             with serve(model) as (url, _):
                 for n, mode in cases:

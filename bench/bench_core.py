@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from janusflow_core.config import PRESETS
 from janusflow_core.modeling import JanusFlowModel
+from janusflow_core.presets import PRESETS, get_preset
 from janusflow_core.sampling import cfg
 from janusflow_core.testing import random_full_model
 
@@ -52,7 +52,7 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
 
 
 def build_random(dtype: torch.dtype, preset: str = "janusflow-1.3b") -> JanusFlowModel:
-    return random_full_model(PRESETS[preset](), "cpu", dtype)
+    return random_full_model(get_preset(preset), "cpu", dtype)
 
 
 def step_flops(model: JanusFlowModel, rows: int, prompt: int, cached: bool) -> float:

@@ -47,16 +47,15 @@ from PIL import Image
 from safetensors import safe_open
 
 try:  # the project (and diffusers, which its pipelines need): a failure here still gives a report
-    from janusflow_core.checkpoint import JanusFlowBundle, load_pretrained, save_pretrained
-    from janusflow_core.config import PRESETS, JanusFlowConfig
+    from janusflow_core.bundle import JanusFlowBundle
+    from janusflow_core.checkpoint import load_pretrained, save_pretrained
+    from janusflow_core.config import JanusFlowConfig
     from janusflow_core.modeling import JanusFlowModel
     from janusflow_core.modeling.llm import reset_rope_buffers
     from janusflow_core.pipelines import ChatPipeline, GenerationPipeline, generate_tokens
+    from janusflow_core.presets import get_preset
     from janusflow_core.processing import (
-        ImageProcessor,
-        ImageProcessorConfig,
         JanusFlowProcessor,
-        SpecialTokens,
         train_bpe_tokenizer,
     )
     from janusflow_core.testing import random_full_model, toy_corpus
@@ -65,7 +64,6 @@ try:  # the project (and diffusers, which its pipelines need): a failure here st
     IMPORT_ERROR = None
 except Exception as _exc:  # noqa: BLE001
     IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}\n{traceback.format_exc()[-3000:]}"
-    PRESETS = {"janusflow-1.3b": None, "tiny": None}
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPT = "a red circle above a blue square on a white background"
@@ -208,9 +206,7 @@ def cast(model: JanusFlowModel, dtype: torch.dtype) -> JanusFlowModel:
 def make_processor(config: JanusFlowConfig, folder: Path) -> JanusFlowProcessor:
     """A small byte-level BPE tokenizer (ids fit any preset's vocabulary) with the image settings of ``config``."""
     tok = train_bpe_tokenizer(toy_corpus(seed=SEED), min(400, config.llm.vocab_size), folder)
-    image_processor = ImageProcessor(ImageProcessorConfig(image_size=config.siglip.image_size))
-    return JanusFlowProcessor(tok, image_processor, num_image_tokens=config.num_und_tokens,
-                              special_tokens=SpecialTokens.from_tokenizer(tok))
+    return JanusFlowProcessor.for_model(config, tok)
 
 
 def make_autoencoder(preset: str):
@@ -502,7 +498,8 @@ def summary(res: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="janusflow-1.3b", choices=sorted(PRESETS), help="tiny: a quick smoke run")
+    ap.add_argument("--preset", default="janusflow-1.3b", choices=("janusflow-1.3b", "tiny"),
+                    help="tiny: a quick smoke run (the presets whose VAE this script builds)")
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke test")
     ap.add_argument("--out", type=Path, default=Path("bench/results/cuda.json"))
     ap.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up (best is kept)")
@@ -535,7 +532,7 @@ def main() -> int:
             out["cuda_available"] = False
         device_info(device, out)
 
-    config = PRESETS[args.preset]()
+    config = get_preset(args.preset)
     tmp = tempfile.TemporaryDirectory(prefix="bench_cuda_")
     work = Path(tmp.name)
     image = test_image(config.siglip.image_size)

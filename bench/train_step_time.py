@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from janusflow_core.modeling import JanusFlowModel
+from janusflow_core.processing import JanusFlowProcessor
 from janusflow_core.training.data import build_generation_pool, build_understanding_pool
-from janusflow_core.training.shapes_recipe import Recipe, build_processor
+from janusflow_core.training.shapes_recipe import Recipe
 from janusflow_core.training.trainer import Trainer
 from janusflow_core.vae import VAE
 
@@ -50,7 +51,7 @@ def step_time(precision: str, stage: int, processes: int, warmup: int, steps: in
     recipe = replace(Recipe(), llm_hidden=llm_hidden or Recipe.llm_hidden, llm_layers=llm_layers or Recipe.llm_layers)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     cfg = recipe.model_config(len(tokenizer))
-    processor = build_processor(tokenizer, cfg.num_und_tokens)
+    processor = JanusFlowProcessor.for_model(cfg, tokenizer, system_prompt="")
     vae = VAE.from_pretrained(model_dir / "vae")
     und, gen = build_understanding_pool(200, 0), build_generation_pool(300, 0, vae.encode)
     stage_cfg = next(s for s in recipe.stages if s.stage == stage)

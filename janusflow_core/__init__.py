@@ -1,6 +1,7 @@
 """JanusFlow: one LLM that understands images and generates them with rectified flow."""
 
-from .checkpoint import JanusFlowBundle, load_pretrained, save_pretrained
+from .bundle import JanusFlowBundle
+from .checkpoint import load_pretrained, save_pretrained
 from .config import JanusFlowConfig
 from .modeling import JanusFlowModel
 from .pipelines import ChatPipeline, GenerationPipeline, GenerationResult

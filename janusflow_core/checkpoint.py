@@ -10,28 +10,33 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import limits
+from .bundle import DEFAULT_MODEL, DEFAULT_SAMPLING, JanusFlowBundle, SamplingDefaults, default_sampling
 from .config import JanusFlowConfig
 from .hub import resolve_folder
 from .modeling import JanusFlowModel
 from .modeling.llm import reset_rope_buffers
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO_ROOT / "assets" / "janusflow-shapes"
+    from .processing import JanusFlowProcessor
+    from .vae import VAE
+
+log = logging.getLogger(__name__)
+# JanusFlowBundle, DEFAULT_MODEL and DEFAULT_SAMPLING live in bundle.py; pipelines/ and app/engine.py still
+# import them from here.
+
 DEFAULT_VAE = "stabilityai/sdxl-vae"
 SAMPLING_FILE = "sampling.json"
-# The published model's recommended settings (paper demo / README): 30 Euler steps, CFG 2.
-DEFAULT_SAMPLING = {"steps": 30, "cfg": 2.0}
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -39,27 +44,6 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 
 class CheckpointError(ValueError):
     """The checkpoint does not match the model its config describes."""
-
-
-@dataclass
-class JanusFlowBundle:
-    """Everything a pipeline needs, loaded once."""
-
-    model: JanusFlowModel
-    config: JanusFlowConfig
-    processor: Any = None  # JanusFlowProcessor
-    vae: Any = None  # janusflow_core.vae.VAE
-    sampling: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
-    path: Path | None = None
-    name: str = ""
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -191,13 +175,13 @@ def format_params(n: int) -> str:
     return str(n)
 
 
-def read_sampling(folder: Path | None) -> dict[str, Any]:
+def read_sampling(folder: Path | None) -> SamplingDefaults:
     """The model's recommended sampling settings (``sampling.json``: steps, cfg), over the defaults.
 
     Each key and value is checked against :mod:`janusflow_core.limits`; a bad file is an error naming the
     file and the key, so a typo there is found when the model loads, not at the first generation.
     """
-    out = dict(DEFAULT_SAMPLING)
+    out = default_sampling()
     if folder is None or not (folder / SAMPLING_FILE).exists():
         return out
     path = folder / SAMPLING_FILE
@@ -289,8 +273,9 @@ def load_pretrained(path_or_id: str | Path | None = None, *, device: str | torch
                            sampling=sampling, path=folder, name=name)
 
 
-def save_pretrained(model: JanusFlowModel, folder: str | Path, *, processor: Any = None, vae: Any = None,
-                    sampling: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
+def save_pretrained(model: JanusFlowModel, folder: str | Path, *, processor: JanusFlowProcessor | None = None,
+                    vae: VAE | AutoencoderKL | None = None, sampling: Mapping[str, Any] | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (official key names) and, when given, the
     processor files, the VAE (``vae/``) and the recommended sampling settings."""
     folder = Path(folder)
@@ -308,5 +293,5 @@ def save_pretrained(model: JanusFlowModel, folder: str | Path, *, processor: Any
         auto = getattr(vae, "autoencoder", vae)
         auto.save_pretrained(folder / "vae")
     if sampling is not None:
-        (folder / SAMPLING_FILE).write_text(json.dumps(sampling, indent=2) + "\n")
+        (folder / SAMPLING_FILE).write_text(json.dumps(dict(sampling), indent=2) + "\n")
     return folder

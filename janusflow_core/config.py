@@ -1,5 +1,5 @@
-"""Configuration of a JanusFlow model: frozen dataclasses, named presets, and one adapter for the
-official ``config.json``.
+"""Configuration of a JanusFlow model: frozen dataclasses and one adapter for the official
+``config.json`` (the named presets are in :mod:`janusflow_core.presets`).
 
 Every width, grid size and token count of the model is derived from these fields; the model code holds
 no literal sizes. The official config hard-codes some widths in its model class and omits the SigLIP
@@ -390,32 +390,3 @@ def _as_params(c: Any, official_keys: dict[str, Any]) -> dict[str, Any]:
     d = {k: v for k, v in dataclasses.asdict(c).items() if k in official_keys}
     d["block_out_channels"] = list(d["block_out_channels"])
     return d
-
-
-def janusflow_1_3b() -> JanusFlowConfig:
-    """The published deepseek-ai/JanusFlow-1.3B."""
-    return JanusFlowConfig(
-        llm=LLMConfig(vocab_size=102400, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
-                      num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=16384),
-        siglip=SigLIPConfig(model_name="siglip_large_patch16_384", **SIGLIP_TABLE["siglip_large_patch16_384"]),
-        gen_enc=GenEncoderConfig(),
-        gen_dec=GenDecoderConfig(),
-        gen_latent_size=48,
-    )
-
-
-def tiny(vocab_size: int = 512, hidden: int = 64, latent: int = 8, image_size: int = 32) -> JanusFlowConfig:
-    """A few-hundred-kB model for tests: every path of the real one at toy widths."""
-    return JanusFlowConfig(
-        llm=LLMConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=512),
-        siglip=SigLIPConfig(model_name="siglip_tiny", image_size=image_size, patch_size=8, width=48,
-                            layers=2, heads=4),
-        gen_enc=GenEncoderConfig(block_out_channels=(32,), hidden_size=hidden),
-        gen_dec=GenDecoderConfig(in_channels=32, block_out_channels=(32,), hidden_size=hidden),
-        gen_latent_size=latent,
-    )
-
-
-PRESETS = {"janusflow-1.3b": janusflow_1_3b, "tiny": tiny}

@@ -45,9 +45,8 @@ def run(fixture: Path) -> dict[str, torch.Tensor]:
                              gen_latent_size=meta["latent_hw"], with_processor=False, with_vae=False)
     model, cfg = bundle.model, bundle.config
     special = _special_tokens(meta["token_ids"])
-    img_cfg = ImageProcessorConfig(image_size=cfg.siglip.image_size, **IMGPROC_SETTINGS["mean05_std05"])
-    processor = JanusFlowProcessor(tokenizer=None, image_processor=ImageProcessor(img_cfg),
-                                   num_image_tokens=cfg.num_und_tokens, special_tokens=special)
+    processor = JanusFlowProcessor.for_model(cfg, None, special_tokens=special,
+                                             image_settings=IMGPROC_SETTINGS["mean05_std05"])
     bundle.processor = processor
     out: dict[str, torch.Tensor] = {}
 

@@ -13,9 +13,9 @@ import torch
 from diffusers import AutoencoderKL
 
 from .checkpoint import save_pretrained
-from .config import tiny
 from .modeling import JanusFlowModel
-from .processing import ImageProcessor, ImageProcessorConfig, JanusFlowProcessor, SpecialTokens, train_bpe_tokenizer
+from .presets import tiny
+from .processing import JanusFlowProcessor, train_bpe_tokenizer
 
 _WORDS = ("a red blue green yellow purple orange circle square triangle and left right of above below two three "
           "four what color is the shape how many objects are there describe image yes no").split()
@@ -76,7 +76,6 @@ def make_tiny_model_dir(out_dir: str | Path, seed: int = 0, max_positions: int =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = train_bpe_tokenizer(toy_corpus(seed=seed), 300, out)
-    special = SpecialTokens.from_tokenizer(tok)
     vocab = ((len(tok) + 63) // 64) * 64
     cfg = tiny(vocab_size=vocab, hidden=64, latent=8, image_size=32)
     if max_positions != cfg.llm.max_position_embeddings:
@@ -85,8 +84,7 @@ def make_tiny_model_dir(out_dir: str | Path, seed: int = 0, max_positions: int =
         cfg = replace(cfg, llm=replace(cfg.llm, max_position_embeddings=max_positions))
     torch.manual_seed(seed)
     model = random_init_(JanusFlowModel(cfg), seed)
-    processor = JanusFlowProcessor(tok, ImageProcessor(ImageProcessorConfig(image_size=cfg.siglip.image_size)),
-                                   num_image_tokens=cfg.num_und_tokens, special_tokens=special)
+    processor = JanusFlowProcessor.for_model(cfg, tok)
     save_pretrained(model, out, processor=processor, vae=tiny_vae(seed),
                     sampling=sampling or {"steps": 4, "cfg": 2.0})
     return out

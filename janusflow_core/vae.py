@@ -84,10 +84,6 @@ class VAE:
         z = dist.sample(generator) if sample else dist.mean
         return ((z.float() - self.shift_factor) * self.scaling_factor)
 
-    def encode_with_grad(self, images: torch.Tensor) -> torch.Tensor:
-        z = self.autoencoder.encode(images.to(self.device, self.dtype)).latent_dist.mean
-        return (z.float() - self.shift_factor) * self.scaling_factor
-
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images (B, 3, H, W) in [-1, 1], float32."""

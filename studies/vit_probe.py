@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from janusflow_core import load_pretrained
+from janusflow_core.processing.image import to_pixel_values
 from janusflow_core.shapes import render, sample_scene
 from janusflow_core.shapes.world import CANVAS, COLORS, SHAPES, Obj
-from janusflow_core.training.data import to_pixel_values
 from janusflow_core.training.encoder_pretrain import pretrain_siglip
 from janusflow_core.training.shapes_recipe import Recipe
 

@@ -26,8 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from app.testing import serve
 from janusflow_core import GenerationPipeline
+from tools.serve import serve
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "assets" / "examples" / "red_circle_blue_square.png"

@@ -20,7 +20,7 @@ import torch
 from helpers_images import huge_png_header, text_as_png, truncated_png
 from PIL import Image
 
-from app.browser import (
+from tools.browser import (
     _WATCH_CHAT,
     _WATCH_PREVIEW,
     ask,
@@ -33,7 +33,7 @@ from app.browser import (
     set_number,
     usable,
 )
-from app.testing import serve
+from tools.serve import serve
 
 pytestmark = pytest.mark.browser
 EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "three_triangles.png"

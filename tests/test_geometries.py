@@ -20,7 +20,8 @@ import torch
 from conftest import REFERENCE, require_shared
 from safetensors.torch import save_file
 
-from janusflow_core.checkpoint import JanusFlowBundle, build_meta_model, load_pretrained, save_pretrained
+from janusflow_core.bundle import JanusFlowBundle
+from janusflow_core.checkpoint import build_meta_model, load_pretrained, save_pretrained
 from janusflow_core.config import JanusFlowConfig
 from janusflow_core.modeling import JanusFlowModel
 from janusflow_core.pipelines import GenerationPipeline

@@ -9,7 +9,8 @@ import torch
 from conftest import REFERENCE, require_shared
 
 from janusflow_core.checkpoint import build_meta_model
-from janusflow_core.config import JanusFlowConfig, janusflow_1_3b, tiny
+from janusflow_core.config import JanusFlowConfig
+from janusflow_core.presets import janusflow_1_3b, tiny
 
 
 def _published_params() -> dict[str, tuple[int, ...]]:

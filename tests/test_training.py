@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_training import tiny_setup
 from PIL import Image
 
 from janusflow_core.processing.chat import render_chat
@@ -27,7 +28,6 @@ from janusflow_core.training import (
     sample_logit_normal,
     update_ema,
 )
-from janusflow_core.training.tiny import tiny_setup
 from janusflow_core.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -474,10 +474,10 @@ def test_missing_data_and_wrong_latents_are_named(setup, tmp_path):
 
 
 def test_non_divisible_grid_is_named():
-    from janusflow_core.training.tiny import tiny_config
+    from janusflow_core.presets import tiny_train
 
     with pytest.raises(ValueError, match="gen_latent_size"):
-        replace(tiny_config(300), gen_latent_size=9)
+        replace(tiny_train(300), gen_latent_size=9)
 
 
 def test_too_long_sample_is_named(setup, tmp_path):

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def worker(out: Path) -> None:
+    from helpers_training import tiny_setup
+
     from janusflow_core.training import TrainConfig
-    from janusflow_core.training.tiny import tiny_setup
     from janusflow_core.training.trainer import Trainer, make_accelerator
 
     cfg = TrainConfig(stage=3, steps=3, batch_und=2, batch_gen=2, batch_text=1, max_seq_len=256, lr=3e-3,

@@ -159,8 +159,8 @@ def make_reconstructor(model: str | None, batch: int = 64) -> Callable[[list[Ima
     """The VAE of a checkpoint folder (its ``vae/``) as encode-then-decode on PIL images."""
     import numpy as np
 
-    from janusflow_core.checkpoint import DEFAULT_MODEL
-    from janusflow_core.training.data import to_pixel_values
+    from janusflow_core.bundle import DEFAULT_MODEL
+    from janusflow_core.processing.image import to_pixel_values
     from janusflow_core.vae import VAE, to_pil
 
     folder = Path(model) if model else DEFAULT_MODEL

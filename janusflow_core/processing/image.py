@@ -105,6 +105,12 @@ class ImageProcessorConfig:
 # Loading
 
 
+def to_pixel_values(images: np.ndarray, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
+    """uint8 (n, S, S, 3) -> float32 (n, 3, S, S), as the image processor computes it for an S-px input."""
+    x = torch.from_numpy(images.astype(np.float64) * (1.0 / 255.0)).float()
+    return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
+
+
 def check_image_size(width: int, height: int, name: str) -> None:
     """Refuse an image above ``limits.MAX_IMAGE_PIXELS`` (or with no pixels), saying what is allowed."""
     if width * height > MAX_IMAGE_PIXELS:

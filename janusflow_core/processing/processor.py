@@ -16,12 +16,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .chat import DEFAULT_SYSTEM_PROMPT, SFT_FORMAT, render_chat, render_generation_prompt
-from .image import ImageInput, ImageProcessor
+from .image import ImageInput, ImageProcessor, ImageProcessorConfig
+
+if TYPE_CHECKING:
+    from ..config import JanusFlowConfig
 
 logger = logging.getLogger(__name__)
 
@@ -329,6 +332,21 @@ class JanusFlowProcessor:
             mask_prompt=config.mask_prompt,
             **{"system_prompt": config.system_prompt, **kwargs},
         )
+
+    @classmethod
+    def for_model(cls, config: JanusFlowConfig, tokenizer: Any | None, *,
+                  special_tokens: SpecialTokens | None = None, image_settings: Mapping[str, Any] | None = None,
+                  system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> JanusFlowProcessor:
+        """The processor a model of ``config`` reads: images at its understanding encoder's side, as many
+        image tokens as that encoder makes. ``special_tokens`` default to the tokenizer's (official
+        names); ``image_settings`` are further :class:`ImageProcessorConfig` fields (mean, std ...)."""
+        if special_tokens is None:
+            if tokenizer is None:
+                raise ValueError("for_model needs a tokenizer or explicit special_tokens")
+            special_tokens = SpecialTokens.from_tokenizer(tokenizer)
+        image_config = ImageProcessorConfig(image_size=config.siglip.image_size, **(image_settings or {}))
+        return cls(tokenizer, ImageProcessor(image_config), config.num_und_tokens, special_tokens,
+                   system_prompt=system_prompt)
 
     @property
     def config(self) -> ProcessorConfig:

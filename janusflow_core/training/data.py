@@ -19,15 +19,10 @@ import numpy as np
 import torch
 
 from ..processing.chat import render_chat
+from ..processing.image import to_pixel_values
 from ..processing.processor import JanusFlowProcessor
 from ..shapes import TASKS, describe, render, sample_prompt, sample_question, sample_scene, scene_captions
 from ..shapes.world import Scene
-
-
-def to_pixel_values(images: np.ndarray, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
-    """uint8 (n, S, S, 3) -> float32 (n, 3, S, S), as the image processor computes it for an S-px input."""
-    x = torch.from_numpy(images.astype(np.float64) * (1.0 / 255.0)).float()
-    return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
 
 
 @dataclass

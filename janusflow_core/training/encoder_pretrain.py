@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 
 from ..config import SigLIPConfig
 from ..modeling.siglip import VisionTransformer
+from ..processing.image import to_pixel_values
 from ..shapes import describe, render, sample_scene
 from ..shapes.world import CANVAS, NUM_LABELS, Scene, holds, object_label, render_labels
-from .data import to_pixel_values
 
 
 class PositionalBagText(nn.Module):

@@ -22,15 +22,16 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..checkpoint import save_pretrained
-from ..config import GenDecoderConfig, GenEncoderConfig, JanusFlowConfig, LLMConfig, SigLIPConfig
+from ..config import JanusFlowConfig
 from ..modeling import JanusFlowModel
+from ..presets import shapes as model_config
 from ..processing.chat import render_chat, render_generation_prompt
-from ..processing.image import ImageProcessor, ImageProcessorConfig
-from ..processing.processor import JanusFlowProcessor, SpecialTokens
+from ..processing.processor import JanusFlowProcessor
 from ..processing.tokenizer import train_bpe_tokenizer
 from ..shapes import TASKS, all_prompts, all_questions, describe, sample_scene
 from ..vae import VAE
@@ -40,37 +41,22 @@ from .encoder_pretrain import pretrain_siglip
 from .trainer import Trainer, make_accelerator
 from .vae_train import MIN_DECODER_STEPS, finetune_decoder, train_vae
 
-IMAGE_SIZE = 64
 
-
-def model_config(vocab_size: int, hidden: int = 128, layers: int = 4) -> JanusFlowConfig:
-    """The shapes model; ``hidden`` is the LLM width (heads of 32 dimensions, MLP 3x) and ``layers`` its
-    depth. The generation encoder/decoder project to it; the ViT keeps its own width (the aligner maps
-    between them)."""
-    if hidden % 32:
-        raise ValueError(f"llm_hidden must be a multiple of 32 (heads of 32 dimensions), got {hidden}")
-    if layers < 1:
-        raise ValueError(f"llm_layers must be at least 1, got {layers}")
-    heads = hidden // 32
-    return JanusFlowConfig(
-        llm=LLMConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=256),
-        siglip=SigLIPConfig(model_name="siglip_shapes_patch8_64", image_size=IMAGE_SIZE, patch_size=8, width=128,
-                            layers=4, heads=4),
-        gen_enc=GenEncoderConfig(input_channels=4, kernel_size=2, stride=2, block_out_channels=(64,),
-                                 layers_in_middle=2, hidden_size=hidden),
-        gen_dec=GenDecoderConfig(in_channels=64, out_channels=4, block_out_channels=(64,), layers_in_middle=2,
-                                 hidden_size=hidden),
-        gen_latent_size=IMAGE_SIZE // 4,
-    )
+def flag(default: Any, help: str, name: str | None = None, metavar: str | None = None,
+         items: tuple[str, ...] = ()) -> Any:
+    """A recipe field that the command line can set: ``--field-name`` (or ``name``), typed by its default (a
+    tuple of ints comes comma-separated, ``items`` naming its entries); ``{default}`` in ``help`` shows it."""
+    return field(default=default, metadata={"flag": name, "help": help, "metavar": metavar, "items": items})
 
 
 @dataclass(frozen=True)
 class Recipe:
-    seed: int = 0
+    seed: int = flag(0, "seed of everything the run samples: tokenizer corpus, VAE, ViT, data pools, model init "
+                        "and batches (default {default}). Tokenizer, VAE and ViT already in --work are reused, so "
+                        "copying them there reruns only the stages under the new seed")
     vocab_size: int = 400
-    llm_hidden: int = 128
-    llm_layers: int = 4
+    llm_hidden: int = flag(128, "LLM width (multiple of 32; default {default})")
+    llm_layers: int = flag(4, "LLM depth (default {default}; REPA stays on the output of layer 2)")
     vae_steps: int = 500
     vae_batch: int = 32
     vae_channels: tuple[int, ...] = (32, 64, 64)
@@ -78,21 +64,27 @@ class Recipe:
     # the seventh model's decoder drew stray lines along the image border, malforming a third of its objects
     vae_decoder_steps: int = 600
     vae_decoder_batch: int = 16
-    siglip_steps: int = 2000  # rank 1 pre-trains the ViT while rank 0 trains the VAE (and then waits for it)
+    # rank 1 pre-trains the ViT while rank 0 trains the VAE (and then waits for it)
+    siglip_steps: int = flag(2000, "ViT pre-training steps (default {default}: about the VAE's time, side by side on "
+                                   "a second process)")
     siglip_batch: int = 64
     # weight of the dense patch-label loss beside SigLIP's (encoder_pretrain.py): it teaches the ViT shapes
     siglip_dense_weight: float = 1.0
     # weight of the per-patch object loss (encoder_pretrain.py): every patch names the object covering it
-    siglip_object_weight: float = 1.0
+    siglip_object_weight: float = flag(1.0, "weight of the ViT's per-patch object loss in pre-training (default "
+                                            "{default}; 0 turns it off)")
     # weight of the per-patch relation loss (encoder_pretrain.py): every object patch says whether its object
     # lies left / right of and above / below all the others, which REPA carries into generation
-    siglip_relation_weight: float = 1.0
+    siglip_relation_weight: float = flag(1.0, "weight of the ViT's per-patch relation loss in pre-training (default "
+                                              "{default}; 0 turns it off)")
     und_pool: int = 8000
     gen_pool: int = 12000
     # scenes of the generation pool per task, in TASKS order (data.build_generation_pool): the three tasks
     # that name two different objects (two_object, position, color_attr) get twice the others' share
-    gen_task_weights: tuple[int, ...] = (1, 2, 1, 1, 2, 2)
-    cfg_weight: float = 3.0
+    gen_task_weights: tuple[int, ...] = flag(
+        (1, 2, 1, 1, 2, 2), "generation-pool scenes per task, integers in the order " + ", ".join(TASKS)
+        + " (default {default}; 1,1,1,1,1,1 is uniform)", metavar="W,W,W,W,W,W", items=TASKS)
+    cfg_weight: float = flag(3.0, "recommended CFG weight written to sampling.json", name="--cfg")
     # the shapes model is trained without a system text (the official one would be a third of every
     # understanding sample); processor_config.json records it, so chat uses the same
     system_prompt: str = ""
@@ -175,11 +167,6 @@ def corpus(seed: int, n_scenes: int = 3000) -> list[str]:
     return texts
 
 
-def build_processor(tokenizer, num_image_tokens: int, system_prompt: str = "") -> JanusFlowProcessor:
-    return JanusFlowProcessor(tokenizer, ImageProcessor(ImageProcessorConfig(image_size=IMAGE_SIZE)),
-                              num_image_tokens, SpecialTokens.from_tokenizer(tokenizer), system_prompt=system_prompt)
-
-
 def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     from transformers import AutoTokenizer
 
@@ -201,7 +188,7 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     acc.wait_for_everyone()
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     cfg = recipe.model_config(len(tokenizer))
-    processor = build_processor(tokenizer, cfg.num_und_tokens, recipe.system_prompt)
+    processor = JanusFlowProcessor.for_model(cfg, tokenizer, system_prompt=recipe.system_prompt)
     times["tokenizer"] = time.time() - t0
 
     # 2 + 3. VAE and understanding encoder (SigLIP-style pre-training); with two or more processes the
@@ -284,8 +271,29 @@ def run(recipe: Recipe, out: Path, work: Path, progress: bool = True) -> dict:
     return summary
 
 
+def _cli_fields() -> dict[str, dataclasses.Field]:
+    """The recipe fields the command line sets, by the flag that sets them."""
+    return {f.metadata["flag"] or "--" + f.name.replace("_", "-"): f
+            for f in dataclasses.fields(Recipe) if "help" in f.metadata}
+
+
+def _from_flag(flag: str, f: dataclasses.Field, value: Any) -> Any:
+    """A flag's value as the field's type: tuples of ints come comma-separated."""
+    if not isinstance(f.default, tuple):
+        return value
+    try:
+        return tuple(int(w) for w in value.split(","))
+    except ValueError:
+        names = f" ({', '.join(f.metadata['items'])})" if f.metadata["items"] else ""
+        raise ValueError(f"{flag} takes {len(f.default)} comma-separated integers{names}, got {value!r}") from None
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recipe]:
-    """The command line and the recipe it selects (no compute: bad flags fail here, naming the flag)."""
+    """The command line and the recipe it selects (no compute: bad flags fail here, naming the flag).
+
+    A flag per recipe field marked with :func:`flag`, plus the flags that act on every stage (``--scale``,
+    ``--stages``, REPA, learning rate, time budgets) and the run's own (``--out``, ``--work`` ...)."""
+    default = Recipe()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="assets/janusflow-shapes")
     ap.add_argument("--work", default=None, help="intermediate results (default: runs/<name of --out>)")
@@ -293,35 +301,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
     ap.add_argument("--stages", type=int, default=None, help="run only the first N stage runs")
     ap.add_argument("--no-repa", action="store_true", help="ablation: REPA weight 0")
     ap.add_argument("--repa-weight", type=float, default=None,
-                    help=f"REPA loss weight in every stage (default: the recipe's {Recipe().stages[0].repa_weight})")
-    ap.add_argument("--llm-hidden", type=int, default=None,
-                    help=f"LLM width (multiple of 32; default {Recipe.llm_hidden})")
-    ap.add_argument("--llm-layers", type=int, default=None,
-                    help=f"LLM depth (default {Recipe.llm_layers}; REPA stays on the output of layer 2)")
-    ap.add_argument("--siglip-steps", type=int, default=None,
-                    help=f"ViT pre-training steps (default {Recipe.siglip_steps}: about the VAE's time, "
-                         "side by side on a second process)")
-    ap.add_argument("--siglip-object-weight", type=float, default=None,
-                    help=f"weight of the ViT's per-patch object loss in pre-training (default "
-                         f"{Recipe.siglip_object_weight}; 0 turns it off)")
-    ap.add_argument("--siglip-relation-weight", type=float, default=None,
-                    help="weight of the ViT's per-patch relation loss in pre-training (default "
-                         f"{Recipe.siglip_relation_weight}; 0 turns it off)")
-    ap.add_argument("--gen-task-weights", default=None, metavar="W,W,W,W,W,W",
-                    help="generation-pool scenes per task, integers in the order " + ", ".join(TASKS)
-                         + f" (default {','.join(map(str, Recipe.gen_task_weights))}; 1,1,1,1,1,1 is uniform)")
+                    help=f"REPA loss weight in every stage (default: the recipe's {default.stages[0].repa_weight})")
     ap.add_argument("--stage-minutes", action="append", default=[], metavar="STAGE=MIN",
                     help="time budget of one stage in minutes, e.g. --stage-minutes 2=70 --stage-minutes 3=20 "
-                         "(default: " + ", ".join(f"{s.stage}={s.time_limit_s / 60:g}" for s in Recipe().stages
+                         "(default: " + ", ".join(f"{s.stage}={s.time_limit_s / 60:g}" for s in default.stages
                                                   if s.time_limit_s) + "; stage 1 runs a fixed number of steps)")
-    ap.add_argument("--seed", type=int, default=None,
-                    help="seed of everything the run samples: tokenizer corpus, VAE, ViT, data pools, model "
-                         f"init and batches (default {Recipe.seed}). Tokenizer, VAE and ViT already in --work "
-                         "are reused, so copying them there reruns only the stages under the new seed")
     ap.add_argument("--lr-scale", type=float, default=None,
                     help="multiply every stage's peak learning rate (the recipe's rates were set for an LLM of "
-                         f"width {Recipe.llm_hidden}; a wider one under AdamW usually wants a lower rate)")
-    ap.add_argument("--cfg", type=float, default=None, help="recommended CFG weight written to sampling.json")
+                         f"width {default.llm_hidden}; a wider one under AdamW usually wants a lower rate)")
+    fields = _cli_fields()
+    for name, f in fields.items():
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        ap.add_argument(name, type=str if isinstance(f.default, tuple) else type(f.default), default=None,
+                        metavar=f.metadata["metavar"], help=f.metadata["help"].format(default=shown))
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (1 avoids OpenMP oversubscription on a shared 2-core CPU; "
                          "use two processes instead: accelerate launch --multi_gpu --num_processes 2 ...)")
@@ -329,34 +321,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Recip
     args = ap.parse_args(argv)
     if args.no_repa and args.repa_weight not in (None, 0.0):
         ap.error(f"--no-repa sets the REPA weight to 0; it contradicts --repa-weight {args.repa_weight}")
-    recipe = Recipe()
+    recipe = default
     if args.stages is not None:
         recipe = replace(recipe, stages=recipe.stages[:args.stages])
     recipe = recipe.scaled(args.scale)
     if args.no_repa or args.repa_weight is not None:
         recipe = recipe.with_stage_fields(repa_weight=0.0 if args.no_repa else args.repa_weight)
-    if args.llm_hidden is not None:
-        recipe = replace(recipe, llm_hidden=args.llm_hidden)
-    if args.llm_layers is not None:
-        recipe = replace(recipe, llm_layers=args.llm_layers)
-    if args.siglip_steps is not None:
-        recipe = replace(recipe, siglip_steps=args.siglip_steps)
-    if args.siglip_object_weight is not None:
-        recipe = replace(recipe, siglip_object_weight=args.siglip_object_weight)
-    if args.siglip_relation_weight is not None:
-        recipe = replace(recipe, siglip_relation_weight=args.siglip_relation_weight)
-    if args.cfg is not None:
-        recipe = replace(recipe, cfg_weight=args.cfg)
     if args.seed is not None:
-        recipe = replace(recipe, seed=args.seed).with_stage_fields(seed=args.seed)
+        recipe = recipe.with_stage_fields(seed=args.seed)  # the stages draw their batches from it too
     try:
-        if args.gen_task_weights is not None:
-            try:
-                weights = tuple(int(w) for w in args.gen_task_weights.split(","))
-            except ValueError:
-                raise ValueError(f"--gen-task-weights takes {len(TASKS)} comma-separated integers "
-                                 f"({', '.join(TASKS)}), got {args.gen_task_weights!r}") from None
-            recipe = replace(recipe, gen_task_weights=weights)
+        given = {(name, f): getattr(args, name[2:].replace("-", "_")) for name, f in fields.items()}
+        recipe = replace(recipe, **{f.name: _from_flag(name, f, value)
+                                    for (name, f), value in given.items() if value is not None})
         if args.lr_scale is not None:
             recipe = recipe.with_lr_scale(args.lr_scale)
         for item in args.stage_minutes:

@@ -18,8 +18,8 @@ import torch
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
+from ..processing.image import to_pixel_values
 from ..shapes import render, sample_scene
-from .data import to_pixel_values
 
 
 def shapes_autoencoder(block_out_channels: tuple[int, ...] = (16, 32, 32), latent_channels: int = 4,

@@ -1,6 +1,6 @@
 """Make the README screenshots of both tabs in a real (headless) Chromium.
 
-    python -m app.screenshots [--model DIR] [--out docs]
+    python -m tools.screenshots [--model DIR] [--out docs]
 
 Uses the embedded model when it exists (else a tiny random model, whose answers and images are noise)
 and writes ``screenshot-chat.png`` and ``screenshot-generate.png``.
@@ -16,11 +16,11 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from janusflow_core.checkpoint import DEFAULT_MODEL  # noqa: E402
+from app.layout import EXAMPLES_DIR  # noqa: E402
+from janusflow_core.bundle import DEFAULT_MODEL  # noqa: E402
 
 from .browser import ask, chromium_page, find_chromium, generate, open_app, set_number  # noqa: E402
-from .layout import EXAMPLES_DIR  # noqa: E402
-from .testing import serve  # noqa: E402
+from .serve import serve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

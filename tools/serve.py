@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .engine import Engine
-from .layout import create_demo, launch
+from app.engine import Engine
+from app.layout import create_demo, launch
 
 
 def free_port() -> int:
