@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from janusflow_core import ChatPipeline, GenerationPipeline, JanusFlowBundle, load_pretrained
-from janusflow_core.checkpoint import DEFAULT_MODEL, read_sampling
+from janusflow_core.bundle import DEFAULT_MODEL
+from janusflow_core.checkpoint import read_sampling
 from janusflow_core.pipelines import SamplingDefaults
 from janusflow_core.vae import LatentRGB
 

@@ -23,20 +23,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO_ROOT / "assets" / "janusflow-shapes"
 
 
-class SamplingDefaults(TypedDict):
-    """A model's recommended sampling settings (its ``sampling.json``)."""
+class SamplingSettings(TypedDict):
+    """A model's recommended sampling settings as its ``sampling.json`` writes them (``cfg`` is the guidance
+    weight; the pipelines hand them out as ``pipelines.SamplingDefaults(steps, guidance_scale)``)."""
 
     steps: int
     cfg: float
 
 
 # The published model's recommended settings (paper demo / README): 30 Euler steps, CFG 2.
-DEFAULT_SAMPLING: SamplingDefaults = {"steps": 30, "cfg": 2.0}
+DEFAULT_SAMPLING: SamplingSettings = {"steps": 30, "cfg": 2.0}
 
 
-def default_sampling() -> SamplingDefaults:
+def default_sampling() -> SamplingSettings:
     """A fresh copy of :data:`DEFAULT_SAMPLING` (callers may change theirs)."""
-    return SamplingDefaults(steps=DEFAULT_SAMPLING["steps"], cfg=DEFAULT_SAMPLING["cfg"])
+    return SamplingSettings(steps=DEFAULT_SAMPLING["steps"], cfg=DEFAULT_SAMPLING["cfg"])
 
 
 @dataclass
@@ -48,7 +49,7 @@ class JanusFlowBundle:
     config: JanusFlowConfig
     processor: JanusFlowProcessor | None = None
     vae: VAE | None = None
-    sampling: SamplingDefaults = field(default_factory=default_sampling)
+    sampling: SamplingSettings = field(default_factory=default_sampling)
     path: Path | None = None
     name: str = ""
 

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import limits
-from .bundle import DEFAULT_MODEL, DEFAULT_SAMPLING, JanusFlowBundle, SamplingDefaults, default_sampling
+from .bundle import DEFAULT_MODEL, DEFAULT_SAMPLING, JanusFlowBundle, SamplingSettings, default_sampling
 from .config import JanusFlowConfig
 from .hub import resolve_folder
 from .modeling import JanusFlowModel
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from .vae import VAE
 
 log = logging.getLogger(__name__)
-# JanusFlowBundle, DEFAULT_MODEL and DEFAULT_SAMPLING live in bundle.py; pipelines/ and app/engine.py still
-# import them from here.
 
 DEFAULT_VAE = "stabilityai/sdxl-vae"
 SAMPLING_FILE = "sampling.json"
@@ -175,7 +173,7 @@ def format_params(n: int) -> str:
     return str(n)
 
 
-def read_sampling(folder: Path | None) -> SamplingDefaults:
+def read_sampling(folder: Path | None) -> SamplingSettings:
     """The model's recommended sampling settings (``sampling.json``: steps, cfg), over the defaults.
 
     Each key and value is checked against :mod:`janusflow_core.limits`; a bad file is an error naming the

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .. import limits
-from ..checkpoint import DEFAULT_SAMPLING, JanusFlowBundle
+from ..bundle import DEFAULT_SAMPLING, JanusFlowBundle
 from ..modeling import PromptState
 from ..sampling import SOLVERS, StepCallback, StepState, cfg, sample
 from ..vae import to_pil

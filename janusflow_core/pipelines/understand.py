@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from .. import limits
-from ..checkpoint import JanusFlowBundle
+from ..bundle import JanusFlowBundle
 from ..processing import BatchedInputs
 
 Message = Mapping[str, Any]

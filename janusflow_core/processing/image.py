@@ -22,16 +22,18 @@ import os
 import struct
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..limits import MAX_IMAGE_PIXELS, InputError
+
+T = TypeVar("T")
 
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
@@ -43,6 +45,19 @@ ImageInput = str | os.PathLike | bytes | bytearray | Image.Image | np.ndarray
 _BOMB_LIMIT_LOCK = threading.Lock()
 
 SUPPORTED_FORMATS = "PNG, JPEG, WEBP, GIF, BMP, TIFF, ICO, PPM/PGM (anything Pillow can read)"
+
+
+def read_settings_file(path: Path, build: Callable[[dict[str, Any]], T]) -> T:
+    """``build(the JSON object in path)``; a missing file, bad JSON or bad values name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the checkpoint folder must contain {path.name}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON object is expected, got {type(data).__name__}")
+        return build(data)
+    except (UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not a valid {path.name}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -82,16 +97,7 @@ class ImageProcessorConfig:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> ImageProcessorConfig:
-        path = Path(folder) / PREPROCESSOR_CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: the checkpoint folder must contain {PREPROCESSOR_CONFIG_NAME}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError(f"a JSON object is expected, got {type(data).__name__}")
-            return cls.from_dict(data)
-        except (UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
-            raise ValueError(f"{path} is not a valid {path.name}: {exc}") from exc
+        return read_settings_file(Path(folder) / PREPROCESSOR_CONFIG_NAME, cls.from_dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

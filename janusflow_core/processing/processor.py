@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .chat import DEFAULT_SYSTEM_PROMPT, SFT_FORMAT, render_chat, render_generation_prompt
-from .image import ImageInput, ImageProcessor, ImageProcessorConfig
+from .image import ImageInput, ImageProcessor, ImageProcessorConfig, read_settings_file
 
 if TYPE_CHECKING:
     from ..config import JanusFlowConfig
@@ -92,16 +92,7 @@ class ProcessorConfig:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> ProcessorConfig:
-        path = Path(folder) / PROCESSOR_CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: the checkpoint folder must contain {PROCESSOR_CONFIG_NAME}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError(f"a JSON object is expected, got {type(data).__name__}")
-            return cls.from_dict(data)
-        except (UnicodeDecodeError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
-            raise ValueError(f"{path} is not a valid {path.name}: {exc}") from exc
+        return read_settings_file(Path(folder) / PROCESSOR_CONFIG_NAME, cls.from_dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
