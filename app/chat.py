@@ -129,6 +129,8 @@ class ChatHandlers:
                                         stats=stats)
             try:
                 for piece in pieces:
+                    if run.discarded:  # Clear was pressed: a late update would bring the conversation back
+                        return
                     answer += piece
                     yield display(pending + [{"role": "assistant", "content": answer}]), "", turns
             except (ValueError, RuntimeError) as exc:
@@ -138,6 +140,8 @@ class ChatHandlers:
                 raise refuse(f"The answer failed ({type(exc).__name__}): {exc}") from None
             finally:
                 pieces.close()
+            if run.discarded:
+                return
             done = pending + [{"role": "assistant", "content": answer}]
             yield display(done), stats_line(stats, stopped=run.stopped), done
 
@@ -146,6 +150,6 @@ class ChatHandlers:
         self.runs.stop(session_id(request))
 
     def clear(self, request: gr.Request) -> tuple[list, str, list]:
-        """Stop any answer in progress and forget the conversation."""
-        self.runs.stop(session_id(request))
+        """Stop any answer in progress, send nothing more of it, and forget the conversation."""
+        self.runs.stop(session_id(request), discard=True)
         return [], "", []

@@ -26,6 +26,7 @@ def session_id(request: Any) -> str:
 class Run:
     event: threading.Event = field(default_factory=threading.Event)  # handed to the pipeline
     stopped: bool = False  # the user asked to stop (the pipeline may also set ``event`` itself)
+    discarded: bool = False  # the user threw the run's output away (Clear): it must not be shown or kept
 
 
 class Runs:
@@ -48,12 +49,14 @@ class Runs:
             with self._lock:
                 self._runs.pop(session, None)
 
-    def stop(self, session: str) -> bool:
-        """Ask the session's run to stop; False when nothing was running."""
+    def stop(self, session: str, discard: bool = False) -> bool:
+        """Ask the session's run to stop (and, with ``discard``, to send nothing more: its output is being
+        thrown away); False when nothing was running."""
         with self._lock:
             run = self._runs.get(session)
             if run is None:
                 return False
             run.stopped = True
+            run.discarded = run.discarded or discard
         run.event.set()
         return True

@@ -123,7 +123,7 @@ def test_chat_refuses_bad_input(client, tmp_path):
         client.predict({"text": "", "files": []}, 0, 0.9, 5, 0, api_name="/chat")
     fake = tmp_path / "photo.png"
     fake.write_bytes(b"not a png at all")
-    with pytest.raises(AppError, match="photo.png is not an image"):
+    with pytest.raises(AppError, match="photo.png is not a readable image"):
         client.predict({"text": "hi", "files": [handle_file(str(fake))]}, 0, 0.9, 5, 0, api_name="/chat")
     text = tmp_path / "notes.txt"
     text.write_text("hello")

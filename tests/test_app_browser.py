@@ -210,6 +210,7 @@ def failing_after(engine, calls: int):
 
 def test_a_failure_in_the_middle_of_a_stream_unlocks_everything(page):
     page.get_by_role("tab", name="Chat").click()
+    set_number(page, "temperature", 1.5)  # sampled: a long answer, whatever ran before
     set_number(page, "max-new-tokens", 300)
     with failing_after(page.engine, 40):
         page.evaluate(_WATCH_CHAT)
@@ -234,6 +235,7 @@ def test_a_failure_in_the_middle_of_a_stream_unlocks_everything(page):
 
 def test_clear_and_stop_in_the_middle_of_a_run_leave_everything_usable(page):
     page.get_by_role("tab", name="Chat").click()
+    set_number(page, "temperature", 1.5)  # sampled: a long answer, whatever ran before
     set_number(page, "max-new-tokens", 300)
     with hooked(page.engine, lambda *_: time.sleep(0.03)):  # 300 tokens would take 9 s
         page.evaluate(_WATCH_CHAT)

@@ -255,6 +255,16 @@ def test_clear_forgets_the_conversation(chat):
     assert len(fresh[2]) == 2 and "images" in first[2][0] and fresh[2][0]["images"] == []
 
 
+def test_clear_in_the_middle_of_an_answer_sends_nothing_more_of_it(chat):
+    """A late update from a cleared run would put the forgotten conversation back on the page."""
+    run = chat.submit("describe", 1.5, 1.0, 300, 2, None, session("clearer"))  # seed 2: no early EOS
+    next(run)  # the question is shown
+    next(run)  # the first piece arrived
+    assert chat.clear(session("clearer")) == ([], "", [])
+    assert list(run) == []  # no partial answer, no final conversation: the run just ends
+    assert ask(chat, "hello", sid="clearer", max_new_tokens=3)  # the session is free again
+
+
 def test_text_only_and_image_only_turns(chat):
     text_only = ask(chat, "hello there", max_new_tokens=3)[-1]
     assert text_only[2][0]["images"] == [] and text_only[2][0]["content"] == "hello there"
