@@ -151,5 +151,5 @@ class ChatHandlers:
 
     def clear(self, request: gr.Request) -> tuple[list, str, list]:
         """Stop any answer in progress, send nothing more of it, and forget the conversation."""
-        self.runs.stop(session_id(request), discard=True)
+        self.runs.stop(session_id(request), discard=True, wait_s=2.0)  # within a token, in practice
         return [], "", []

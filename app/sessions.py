@@ -27,6 +27,7 @@ class Run:
     event: threading.Event = field(default_factory=threading.Event)  # handed to the pipeline
     stopped: bool = False  # the user asked to stop (the pipeline may also set ``event`` itself)
     discarded: bool = False  # the user threw the run's output away (Clear): it must not be shown or kept
+    ended: threading.Event = field(default_factory=threading.Event)  # set when the handler has let go
 
 
 class Runs:
@@ -48,10 +49,12 @@ class Runs:
         finally:
             with self._lock:
                 self._runs.pop(session, None)
+            run.ended.set()
 
-    def stop(self, session: str, discard: bool = False) -> bool:
-        """Ask the session's run to stop (and, with ``discard``, to send nothing more: its output is being
-        thrown away); False when nothing was running."""
+    def stop(self, session: str, discard: bool = False, wait_s: float = 0.0) -> bool:
+        """Ask the session's run to stop; False when nothing was running. With ``discard`` the run sends
+        nothing more (its output is being thrown away); ``wait_s`` waits that long for it to let go, so
+        that what the caller sends next is not overtaken by an update the run had under way."""
         with self._lock:
             run = self._runs.get(session)
             if run is None:
@@ -59,4 +62,5 @@ class Runs:
             run.stopped = True
             run.discarded = run.discarded or discard
         run.event.set()
+        run.ended.wait(wait_s)
         return True
