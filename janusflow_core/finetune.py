@@ -244,7 +244,9 @@ def run(args: argparse.Namespace) -> dict:
         log("data OK" if not skipped else f"data usable with --skip-bad ({skipped} record(s) left out)")
         return {"validated": True, "gen": len(gen_records), "und": len(und_records), "skipped": skipped}
 
-    bundle = load_pretrained(folder, device=acc.device, dtype="fp32")
+    # CPU processes of a multi-process run get devices such as cpu:1, which safetensors does not take
+    device = torch.device("cpu") if acc.device.type == "cpu" else acc.device
+    bundle = load_pretrained(folder, device=device, dtype="fp32")
     model, vae = bundle.model.train(), bundle.vae
     if args.gradient_checkpointing:
         model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
