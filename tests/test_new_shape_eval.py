@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _make_data():
-    spec = importlib.util.spec_from_file_location("make_data", ROOT / "examples" / "finetune_new_shape" / "make_data.py")
+    path = ROOT / "examples" / "finetune_new_shape" / "make_data.py"
+    spec = importlib.util.spec_from_file_location("make_data", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
