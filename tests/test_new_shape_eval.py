@@ -100,6 +100,14 @@ def test_reference_templates_come_from_the_data_folder_and_seen_prompts_are_know
     assert report["per_prompt"]["a green cross"]["score"] == 1.0 and report["per_prompt"]["a cross"]["score"] == 1.0
     assert report["per_prompt"]["a red cross"]["score"] == 0.0  # drawn green
     assert report["held_out"] == pytest.approx(sum(p == "a green cross" for p in held) / 2)
+    folder = tmp_path / "new" / "gen"
+    assert new_shape.vae_ceiling(folder, "cross", templates, lambda ims: ims, skip=10, n=10) == 1.0
+    def blank_out(ims):
+        return [Image.new("RGB", (64, 64), "white")] * len(ims)
+
+    blank = new_shape.vae_ceiling(folder, "cross", templates, blank_out, skip=10, n=10)
+    assert blank == 0.0
+    assert new_shape.vae_ceiling(folder, "cross", templates, lambda ims: ims, skip=10_000) is None
     und = new_shape.run_understanding(lambda q, im: "cross", tmp_path / "eval" / "und.jsonl", "cross")
     assert und["n"] == 6 and und["accuracy_new_shape"] == 1.0 and und["says_new_shape"] == 1.0
     assert und["accuracy_other"] in (0.0, None)

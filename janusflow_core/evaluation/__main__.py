@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         if args.images_per_prompt < 1:
             raise SystemExit(f"--images-per-prompt must be at least 1, got {args.images_per_prompt}")
-        templates, seen = new_shape.reference_templates(args.reference, args.shape,
-                                                        transform=benchmarks.make_reconstructor(args.model))
+        round_trip = benchmarks.make_reconstructor(args.model)
+        templates, seen = new_shape.reference_templates(args.reference, args.shape, transform=round_trip)
         generate = benchmarks.make_generator(args.model, args.device, args.dtype)
         report = {"benchmark": "newshape", "shape": args.shape,
                   "generation": new_shape.run_generation(generate, args.shape, templates, seen,
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "understanding": None, "settings": {"model": args.model, "reference": args.reference,
                                                       "und_data": args.und_data, "seed": args.seed,
                                                       "images_per_prompt": args.images_per_prompt}}
+        report["generation"]["vae_ceiling"] = new_shape.vae_ceiling(args.reference, args.shape, templates, round_trip)
         if args.und_data:
             answer = benchmarks.make_answerer(args.model, args.device, args.dtype, args.max_new_tokens)
             report["understanding"] = new_shape.run_understanding(answer, args.und_data, args.shape)

@@ -11,7 +11,8 @@ model's VAE first (``templates.py`` says why), then every generated object is na
 - generation: ``a {shape}`` and ``a {color} {shape}`` for the six colours, ``--images-per-prompt`` fresh seeds
   each (a stream no training run uses). An image passes when it holds exactly one object, well formed by the
   world's rules, recognised as the shape, in the named colour. Prompts that are no caption of the reference
-  data are reported apart as held out.
+  data are reported apart as held out. The ceiling: reference images not used for the templates, passed
+  through the VAE and scored the same way (a model whose latents were perfect would score this).
 - understanding: the first question of every record of ``--und-data`` (held-out scenes, e.g.
   ``What shape is the {color} object?``), answered greedily, scored by exact match as the world's VQA;
   reported over all records and over those whose answer is the new shape and those whose answer is another.
@@ -37,8 +38,8 @@ def shape_prompts(shape: str) -> list[tuple[str, str | None]]:
 
 def reference_templates(folder: str | Path, shape: str, transform: Transform | None = None,
                         limit: int = 200) -> tuple[ShapeTemplates, set[str]]:
-    """The world's templates plus ``shape``'s, learned from the single-object images of a generation folder;
-    and the set of its captions (to tell seen prompts from held-out ones)."""
+    """The world's templates plus ``shape``'s, learned from the first ``limit`` single-object images of a
+    generation folder; and the set of its captions (to tell seen prompts from held-out ones)."""
     from ..training.finetune_data import open_rgb, read_gen_folder
 
     records, problems = read_gen_folder(folder)
@@ -51,6 +52,21 @@ def reference_templates(folder: str | Path, shape: str, transform: Transform | N
                          "the shape from")
     learned = ShapeTemplates.learn([open_rgb(r.image) for r in chosen], [shape] * len(chosen), transform=transform)
     return ShapeTemplates.world(transform).merged(learned), {r.text.lower().rstrip(".") for r in records}
+
+
+def vae_ceiling(folder: str | Path, shape: str, templates: ShapeTemplates, transform: Transform,
+                skip: int = 200, n: int = 100) -> float | None:
+    """The pass rate of reference images ``skip`` .. ``skip + n`` (not used for the templates) after
+    ``transform`` (the VAE round trip), against their own captions; None when the folder has no such images."""
+    from ..training.finetune_data import open_rgb, read_gen_folder
+
+    colors = {p: c for p, c in shape_prompts(shape)}
+    records = [r for r in read_gen_folder(folder)[0] if r.text.lower().rstrip(".") in colors][skip:skip + n]
+    if not records:
+        return None
+    images = transform([open_rgb(r.image) for r in records])
+    return sum(check_single(im, shape, colors[r.text.lower().rstrip(".")], templates)[0]
+               for im, r in zip(images, records)) / len(records)
 
 
 def check_single(image: Image.Image, shape: str, color: str | None, templates: ShapeTemplates) -> tuple[bool, str]:
@@ -122,6 +138,8 @@ def table(report: dict) -> str:
     lines.append(f"{'generation overall':<22} {gen['overall']:>6.3f}")
     if gen["held_out"] is not None:
         lines.append(f"{'held-out prompts':<22} {gen['held_out']:>6.3f}")
+    if gen.get("vae_ceiling") is not None:
+        lines.append(f"{'VAE ceiling':<22} {gen['vae_ceiling']:>6.3f}  (reference images after a VAE round trip)")
     if und is not None:
         lines.append(f"understanding: {und['accuracy']:.3f} over {und['n']} questions; answer = "
                      f"{report['shape']}: {und['accuracy_new_shape']:.3f} (n {und['n_new_shape']}), other answers: "
