@@ -58,7 +58,8 @@ def test_two_process_finetune_keeps_replicas_identical_and_out_loads(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
-    assert r0["used"] == r1["used"] == {"gen": 6, "und": 6}  # 3 steps x 2 samples of each kind, per process
+    # 3 steps x (3 generation + 1 understanding samples: the default ratio 0.75 of a batch of 4), per process
+    assert r0["used"] == r1["used"] == {"gen": 9, "und": 3}
     assert set(r0["first_gen_index"]).isdisjoint(r1["first_gen_index"])  # each process has its own shard
     lora = [k for k in r0["state"] if "lora_" in k]
     assert lora  # the replicas are peft-wrapped models
