@@ -4,6 +4,8 @@
         [--steps S] [--cfg W] [--seed 0] [--split test] [--out report.json] [--save-images DIR]
     python -m janusflow_core.evaluation vqa [--model M] [--n 200] [--seed 0] [--out report.json]
     python -m janusflow_core.evaluation vae [--model M] [--per-task 20] [--seed 0]   (VAE round-trip ceiling)
+    python -m janusflow_core.evaluation newshape --model M --shape NAME --reference GEN_DIR [--und-data FILE]
+        [--images-per-prompt 8] [--seed 0] [--out report.json]   (a fine-tune that taught a new shape)
 
 A readable table goes to stderr; the JSON report to ``--out``, or to stdout without it.
 """
@@ -26,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="benchmark", required=True, parser_class=OneLineParser)
     benchmarks_help = (("geneval", "GenEval-style generation benchmark"), ("vqa", "one-word VQA benchmark"),
-                       ("vae", "geneval check of rendered scenes after a VAE round trip (the VAE's ceiling)"))
+                       ("vae", "geneval check of rendered scenes after a VAE round trip (the VAE's ceiling)"),
+                       ("newshape", "a new shape taught by fine-tuning: generation and 'What shape' answers"))
     for name, help_text in benchmarks_help:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the embedded model)")
@@ -46,6 +49,16 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--save-images", default=None, metavar="DIR")
         elif name == "vae":
             p.add_argument("--per-task", type=int, default=20)
+        elif name == "newshape":
+            p.add_argument("--shape", required=True, help="the shape word taught, e.g. ring")
+            p.add_argument("--reference", required=True, metavar="GEN_DIR",
+                           help="a generation folder of the fine-tuning data: its 'a {shape}' / 'a {color} {shape}' "
+                                "images teach the scorer the shape")
+            p.add_argument("--und-data", default=None, metavar="FILE",
+                           help="held-out conversations (LLaVA .json/.jsonl): the first question of each is asked")
+            p.add_argument("--images-per-prompt", type=int, default=8)
+            p.add_argument("--max-new-tokens", type=int, default=16)
+            p.add_argument("--save-images", default=None, metavar="DIR")
         else:
             p.add_argument("--n", type=int, default=200)
             p.add_argument("--max-new-tokens", type=int, default=16)
@@ -97,6 +110,25 @@ def run(args: argparse.Namespace) -> dict:
         )
         report["settings"].update(model=args.model, steps=args.steps, cfg=args.cfg, sampler=args.sampler)
         table = benchmarks.geneval_table(report)
+    elif args.benchmark == "newshape":
+        from . import new_shape
+
+        if args.images_per_prompt < 1:
+            raise SystemExit(f"--images-per-prompt must be at least 1, got {args.images_per_prompt}")
+        round_trip = benchmarks.make_reconstructor(args.model)
+        templates, seen = new_shape.reference_templates(args.reference, args.shape, transform=round_trip)
+        generate = benchmarks.make_generator(args.model, args.device, args.dtype)
+        report = {"benchmark": "newshape", "shape": args.shape,
+                  "generation": new_shape.run_generation(generate, args.shape, templates, seen,
+                                                         args.images_per_prompt, args.seed, args.save_images),
+                  "understanding": None, "settings": {"model": args.model, "reference": args.reference,
+                                                      "und_data": args.und_data, "seed": args.seed,
+                                                      "images_per_prompt": args.images_per_prompt}}
+        report["generation"]["vae_ceiling"] = new_shape.vae_ceiling(args.reference, args.shape, templates, round_trip)
+        if args.und_data:
+            answer = benchmarks.make_answerer(args.model, args.device, args.dtype, args.max_new_tokens)
+            report["understanding"] = new_shape.run_understanding(answer, args.und_data, args.shape)
+        table = new_shape.table(report)
     elif args.benchmark == "vae":
         report = benchmarks.run_vae_roundtrip(benchmarks.make_reconstructor(args.model), args.per_task, args.seed)
         report["settings"].update(model=args.model)

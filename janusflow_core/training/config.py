@@ -7,6 +7,10 @@ from dataclasses import asdict, dataclass
 
 from ..config import JanusFlowConfig
 
+# ``steps`` at this value means "no step limit": the time budget (``time_limit_s``) alone ends the run, and the
+# schedule then follows time only (its warm-up too: give ``warmup_steps`` as this count times a fraction)
+UNBOUNDED_STEPS = 10**9
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -79,6 +79,51 @@ def build_generation_pool(n: int, seed: int, encode: Callable[[torch.Tensor], to
     return GenerationPool(captions, torch.cat(latents), images)
 
 
+# -- conversations in the processor's template, as token ids with their loss labels ------------------
+
+def answer_ids(processor: JanusFlowProcessor, answer: str) -> list[int]:
+    """`` answer`` + EOS: the assistant turn after ``Assistant:`` (every id a label)."""
+    return list(processor.tokenizer.encode(" " + answer, add_special_tokens=False)) + [processor.special_tokens.eos]
+
+
+def first_turn_ids(processor: JanusFlowProcessor, question: str, image: bool) -> tuple[list[int], list[bool]]:
+    """BOS + system text + ``User: [image] question`` + ``Assistant:``, image positions expanded; and the
+    mask of the positions that receive image embeddings."""
+    st = processor.special_tokens
+    content = f"{st.image_tag}\n{question}" if image else question
+    ids = list(processor.tokenizer.encode(render_chat([{"role": "user", "content": content}], processor.system_prompt)))
+    if not ids or ids[0] != st.bos:
+        ids = [st.bos] + ids
+    ids, seq_mask = processor.expand_image_tokens(ids)
+    return ids.tolist(), seq_mask.tolist()
+
+
+def next_turn_ids(processor: JanusFlowProcessor, question: str) -> list[int]:
+    """A later turn, after the previous answer's EOS: ``User: question`` + ``Assistant:``."""
+    text = render_chat([{"role": "user", "content": question}], "")
+    return list(processor.tokenizer.encode(text, add_special_tokens=False))
+
+
+def conversation_ids(qas: list[tuple[str, str]], image: bool, first_turn: Callable, next_turn: Callable,
+                     answer: Callable) -> tuple[list[int], list[bool], list[int]]:
+    """A conversation of one or more (question, answer) turns: ids, image-position mask and labels (the
+    answer tokens and their EOS; -100 elsewhere). The three piece functions are ``first_turn_ids``,
+    ``next_turn_ids`` and ``answer_ids`` bound to a processor (possibly cached)."""
+    ids, seq_mask = first_turn(qas[0][0], image)
+    ids, seq_mask, labels = list(ids), list(seq_mask), [-100] * len(ids)
+    for k, (q, a) in enumerate(qas):
+        if k:
+            turn = next_turn(q)
+            ids += turn
+            seq_mask += [False] * len(turn)
+            labels += [-100] * len(turn)
+        ans = answer(a)
+        ids += ans
+        seq_mask += [False] * len(ans)
+        labels += ans
+    return ids, seq_mask, labels
+
+
 class MixedBatcher:
     """Draws mixed batches: ``counts`` = (understanding, generation, text) samples per batch."""
 
@@ -110,53 +155,21 @@ class MixedBatcher:
         self.rng.setstate(state["rng"])
         self.gen_rng.set_state(state["gen_rng"])
 
-    # -- tokenisation
-    def _encode(self, text: str) -> list[int]:
-        ids = list(self.processor.tokenizer.encode(text))
-        return ids if ids and ids[0] == self.bos else [self.bos] + ids
-
-    def _answer(self, answer: str) -> list[int]:
-        key = ("answer", answer)
+    # -- tokenisation (the pieces cached: the world repeats its questions and answers)
+    def _cached(self, key: tuple, make: Callable):
         if key not in self._cache:
-            ids = list(self.processor.tokenizer.encode(" " + answer, add_special_tokens=False)) + [self.eos]
-            self._cache[key] = ids
-        return self._cache[key]
-
-    def _first_turn(self, question: str, image: bool) -> tuple[list[int], list[bool]]:
-        """BOS + system text + ``User: [image] question`` + ``Assistant:``, image positions expanded."""
-        key = ("first", question, image)
-        if key not in self._cache:
-            st = self.processor.special_tokens
-            content = f"{st.image_tag}\n{question}" if image else question
-            prompt = self._encode(render_chat([{"role": "user", "content": content}], self.processor.system_prompt))
-            ids, seq_mask = self.processor.expand_image_tokens(prompt)
-            self._cache[key] = (ids.tolist(), seq_mask.tolist())
-        return self._cache[key]
-
-    def _next_turn(self, question: str) -> list[int]:
-        """A later turn, after the previous answer's EOS: ``User: question`` + ``Assistant:``."""
-        key = ("next", question)
-        if key not in self._cache:
-            text = render_chat([{"role": "user", "content": question}], "")
-            self._cache[key] = list(self.processor.tokenizer.encode(text, add_special_tokens=False))
+            self._cache[key] = make()
         return self._cache[key]
 
     def _chat(self, qas: list[tuple[str, str]], image: bool) -> tuple[list[int], list[bool], list[int]]:
         """A conversation of one or more (question, answer) turns in the processor's template; labels
         hold the answer tokens (and their EOS) only."""
-        ids, seq_mask = self._first_turn(qas[0][0], image)
-        ids, seq_mask, labels = list(ids), list(seq_mask), [-100] * len(ids)
-        for k, (q, a) in enumerate(qas):
-            if k:
-                turn = self._next_turn(q)
-                ids += turn
-                seq_mask += [False] * len(turn)
-                labels += [-100] * len(turn)
-            ans = self._answer(a)
-            ids += ans
-            seq_mask += [False] * len(ans)
-            labels += ans
-        return ids, seq_mask, labels
+        p = self.processor
+        return conversation_ids(
+            qas, image,
+            lambda q, img: self._cached(("first", q, img), lambda: first_turn_ids(p, q, img)),
+            lambda q: self._cached(("next", q), lambda: next_turn_ids(p, q)),
+            lambda a: self._cached(("answer", a), lambda: answer_ids(p, a)))
 
     def _questions(self, scene: Scene) -> list[tuple[str, str]]:
         """``und_turns`` different questions about the scene (fewer if it has fewer)."""
