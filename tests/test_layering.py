@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Parts of janusflow_core that everything else builds on (checkpoint loads them all), then what uses them.
 FOUNDATION = ("config", "presets", "bundle", "limits", "errors", "hub", "modeling", "processing", "sampling",
-              "shapes", "vae", "quantization", "checkpoint")
-UPPER = ("pipelines", "training", "evaluation", "cli", "conformance", "__main__")
+              "shapes", "vae", "quantization", "checkpoint", "data_formats")
+UPPER = ("pipelines", "training", "evaluation", "cli", "conformance", "finetune", "__main__")
 TESTING = ("janusflow_core.testing", "tests", "tools")
 
 

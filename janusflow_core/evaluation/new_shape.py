@@ -40,7 +40,7 @@ def reference_templates(folder: str | Path, shape: str, transform: Transform | N
                         limit: int = 200) -> tuple[ShapeTemplates, set[str]]:
     """The world's templates plus ``shape``'s, learned from the first ``limit`` single-object images of a
     generation folder; and the set of its captions (to tell seen prompts from held-out ones)."""
-    from ..training.finetune_data import open_rgb, read_gen_folder
+    from ..data_formats import open_rgb, read_gen_folder
 
     records, problems = read_gen_folder(folder)
     if not records:
@@ -58,7 +58,7 @@ def vae_ceiling(folder: str | Path, shape: str, templates: ShapeTemplates, trans
                 skip: int = 200, n: int = 100) -> float | None:
     """The pass rate of reference images ``skip`` .. ``skip + n`` (not used for the templates) after
     ``transform`` (the VAE round trip), against their own captions; None when the folder has no such images."""
-    from ..training.finetune_data import open_rgb, read_gen_folder
+    from ..data_formats import open_rgb, read_gen_folder
 
     colors = {p: c for p, c in shape_prompts(shape)}
     records = [r for r in read_gen_folder(folder)[0] if r.text.lower().rstrip(".") in colors][skip:skip + n]
@@ -106,7 +106,7 @@ def run_generation(generate: Callable[[str, int, int], list[Image.Image]], shape
 
 
 def run_understanding(answer: Callable[[str, Image.Image], str], und_file: str | Path, shape: str) -> dict:
-    from ..training.finetune_data import open_rgb, read_und_file
+    from ..data_formats import open_rgb, read_und_file
 
     records, problems = read_und_file(und_file)
     records = [r for r in records if r.image is not None]
