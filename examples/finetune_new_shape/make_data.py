@@ -27,15 +27,12 @@ import hashlib
 import json
 import math
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from janusflow_core.shapes import (  # noqa: E402
+from janusflow_core.shapes import (
     NUMBER_WORDS,
     PALETTE,
     describe,
