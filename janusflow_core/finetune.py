@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mixed-precision", choices=MIXED, default="no")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute the LLM's activations "
-                    "in the backward pass (transformers' gradient_checkpointing_enable): less memory, more time")
+                    "in the backward pass (transformers' activation_checkpointing_enable): less memory, more time")
     ap.add_argument("--repa-weight", type=float, default=0.5, help="REPA loss weight (0 turns it off)")
     ap.add_argument("--repa-layer", type=int, default=None,
                     help="LLM layer whose output REPA aligns (default: half the depth, at least 1)")
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> dict:
     bundle = load_pretrained(folder, device=device, dtype="fp32")
     model, vae = bundle.model.train(), bundle.vae
     if args.gradient_checkpointing:
-        model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     peft_model = None
     if args.method == "lora":
         from .training.lora import add_lora
