@@ -205,6 +205,27 @@ def read_sampling(folder: Path | None) -> SamplingSettings:
     return out
 
 
+def load_processor(folder: Path, config: JanusFlowConfig) -> JanusFlowProcessor:
+    """The folder's tokenizer, chat format and image settings, checked against ``config``'s image tokens."""
+    from transformers.utils import logging as hf_logging
+
+    from .processing import JanusFlowProcessor
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # AutoTokenizer peeks at our config.json and warns about its model_type
+    try:
+        processor = JanusFlowProcessor.from_pretrained(folder)
+    finally:
+        hf_logging.set_verbosity(level)
+    if processor.num_image_tokens != config.num_und_tokens:
+        s = config.siglip
+        raise CheckpointError(f"processor_config.json says num_image_tokens={processor.num_image_tokens} "
+                              f"but the understanding encoder makes {config.num_und_tokens} tokens; allowed: "
+                              f"(image_size // patch_size)^2 = ({s.image_size} // {s.patch_size})^2 = "
+                              f"{config.num_und_tokens} (the official model fails on a mismatch too)")
+    return processor
+
+
 def load_pretrained(path_or_id: str | Path | None = None, *, device: str | torch.device | None = "auto",
                     dtype: str | torch.dtype | None = "auto", vae: str | Path | None = None,
                     load_8bit: bool = False, siglip_entry: dict[str, Any] | None = None,
@@ -239,24 +260,7 @@ def load_pretrained(path_or_id: str | Path | None = None, *, device: str | torch
         from .quantization import quantize_llm_8bit
 
         quantize_llm_8bit(model)
-    processor = None
-    if with_processor:
-        from transformers.utils import logging as hf_logging
-
-        from .processing import JanusFlowProcessor
-
-        level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # AutoTokenizer peeks at our config.json and warns about its model_type
-        try:
-            processor = JanusFlowProcessor.from_pretrained(folder)
-        finally:
-            hf_logging.set_verbosity(level)
-        if processor.num_image_tokens != config.num_und_tokens:
-            s = config.siglip
-            raise CheckpointError(f"processor_config.json says num_image_tokens={processor.num_image_tokens} "
-                                  f"but the understanding encoder makes {config.num_und_tokens} tokens; allowed: "
-                                  f"(image_size // patch_size)^2 = ({s.image_size} // {s.patch_size})^2 = "
-                                  f"{config.num_und_tokens} (the official model fails on a mismatch too)")
+    processor = load_processor(folder, config) if with_processor else None
     vae_model = None
     if with_vae:
         from .vae import VAE

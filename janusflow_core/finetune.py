@@ -198,10 +198,9 @@ def split_batch(batch: int, ratio: float | None, has_gen: bool, has_und: bool) -
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from .checkpoint import load_pretrained, read_sampling, save_pretrained
+    from .checkpoint import load_pretrained, load_processor, read_sampling, save_pretrained
     from .config import JanusFlowConfig
     from .hub import resolve_folder
-    from .processing.processor import JanusFlowProcessor
     from .training.config import UNBOUNDED_STEPS, TrainConfig
     from .training.finetune_data import DataMix, GenerationDataset, Tokens, UnderstandingDataset
     from .training.trainer import Trainer, make_accelerator
@@ -217,14 +216,7 @@ def run(args: argparse.Namespace) -> dict:
     folder = resolve_folder(base, what="model", allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model",
                                                                  "vae/*"])
     config = JanusFlowConfig.from_file(folder)
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # AutoTokenizer peeks at our config.json and warns about its model_type
-    try:
-        processor = JanusFlowProcessor.from_pretrained(folder)
-    finally:
-        hf_logging.set_verbosity(level)
+    processor = load_processor(folder, config)
     max_seq_len = args.max_seq_len or config.llm.max_position_embeddings
     if max_seq_len > config.llm.max_position_embeddings:
         raise UsageError(f"--max-seq-len {max_seq_len} exceeds the model's context "
