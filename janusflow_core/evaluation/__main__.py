@@ -87,6 +87,17 @@ def _check(args: argparse.Namespace) -> None:
     elif args.benchmark == "vae":
         limits.check_number("--per-task", args.per_task, (1, 10_000), integer=True)
         limits.check_number("--seed", args.seed, limits.SEED, integer=True)
+    elif args.benchmark == "newshape":
+        limits.check_text("--shape", args.shape, max_chars=100)
+        if not Path(args.reference).is_dir():
+            raise InputError(f"--reference {args.reference}: no such folder (a generation folder with metadata.jsonl)")
+        if args.und_data is not None and not Path(args.und_data).is_file():
+            raise InputError(f"--und-data {args.und_data}: no such file")
+        limits.check_number("--images-per-prompt", args.images_per_prompt, limits.IMAGES, integer=True)
+        limits.check_number("--max-new-tokens", args.max_new_tokens, limits.MAX_NEW_TOKENS, integer=True)
+        limits.check_number("--seed", args.seed, limits.SEED, integer=True)
+        if args.save_images is not None and Path(args.save_images).exists() and not Path(args.save_images).is_dir():
+            raise InputError(f"--save-images {args.save_images} exists and is not a folder")
     else:
         limits.check_number("--n", args.n, (1, 100_000), integer=True)
         limits.check_number("--max-new-tokens", args.max_new_tokens, limits.MAX_NEW_TOKENS, integer=True)
