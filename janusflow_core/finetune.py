@@ -38,6 +38,7 @@ DEFAULT_STEPS = 1000
 DEFAULT_GEN_RATIO = 0.75
 DEFAULT_EMA = 0.99
 DEFAULTS = {"lora": {"lr": 1e-3, "rank": 16}, "full": {"lr": 2e-4}}
+MODULES_LR_SCALE = 0.1  # see docs/finetune.md
 
 
 class UsageError(Exception):
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=None,
                     help=f"peak learning rate (default {DEFAULTS['lora']['lr']} for lora, {DEFAULTS['full']['lr']} "
                          "for full); warm-up over the first 3 %% of the run, cosine decay to a tenth")
+    ap.add_argument("--modules-lr", type=float, default=None,
+                    help="with --method lora: peak learning rate of the modules trained in full (the aligners and the "
+                         "generation encoder and decoder; default: --lr x MODULES_LR_SCALE)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mixed-precision", choices=MIXED, default="no")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute the LLM's activations "
@@ -114,6 +118,10 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
         raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    if args.modules_lr is not None and not (args.modules_lr >= 0 and math.isfinite(args.modules_lr)
+                                            and args.method == "lora"):
+        raise UsageError(f"--modules-lr must be 0 or more and goes with --method lora, got {args.modules_lr} "
+                         f"with --method {args.method}")
     if args.lora_rank is not None and (args.method != "lora" or args.lora_rank < 1):
         raise UsageError(f"--lora-rank must be at least 1 and goes with --method lora, got {args.lora_rank} "
                          f"with --method {args.method}")
@@ -270,8 +278,12 @@ def run(args: argparse.Namespace) -> dict:
     source = DataMix(gen_ds, und_ds, n_gen, n_und, processor, vae, seed=args.seed, rank=acc.process_index,
                      world=acc.num_processes, workers=args.workers, cfg_drop=cfg.cfg_drop, t_mean=cfg.t_mean,
                      t_std=cfg.t_std, cache_repa=feat_bytes <= 2**30)
+    lr_scale, modules_lr = None, None
+    if peft_model is not None:  # the modules trained in full learn at their own rate
+        modules_lr = args.modules_lr if args.modules_lr is not None else lr * MODULES_LR_SCALE
+        lr_scale = lambda name: modules_lr / lr if ".modules_to_save." in name else 1.0  # noqa: E731
     trainer = Trainer(model, processor, cfg, out, accelerator=acc, progress=not args.quiet, desc="finetune",
-                      batches=source, set_trainable=False, resume_clock=True)
+                      batches=source, set_trainable=False, resume_clock=True, lr_scale=lr_scale)
     result = trainer.train(resume=args.resume)
 
     summary = {"steps": result["step"], "seconds_this_run": round(result["seconds"], 1),
@@ -300,7 +312,7 @@ def run(args: argparse.Namespace) -> dict:
         if (folder / "sampling.json").is_file():
             shutil.copyfile(folder / "sampling.json", out / "sampling.json")
         settings = {k: v for k, v in vars(args).items()}
-        settings.update(base=str(folder), lr=lr, lora_rank=(args.lora_rank or DEFAULTS["lora"]["rank"])
+        settings.update(base=str(folder), lr=lr, modules_lr=modules_lr, lora_rank=(args.lora_rank or DEFAULTS["lora"]["rank"])
                         if args.method == "lora" else None, repa_layer=repa_layer, batch_gen=n_gen, batch_und=n_und,
                         processes=acc.num_processes)
         (out / "finetune.json").write_text(json.dumps({"settings": settings, "summary": summary}, indent=2) + "\n")

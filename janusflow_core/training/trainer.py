@@ -89,6 +89,8 @@ class Trainer:
     adapters) instead of selecting them by ``cfg.stage``. ``resume_clock=True`` counts the seconds of the runs
     before a resume in the time budget (and the time-driven schedule), so a resumed run ends where the
     uninterrupted one would have. ``cfg.ema_decay == 0`` keeps no EMA (the trained weights are the result).
+    ``lr_scale(name)`` multiplies the learning rate of the parameter called ``name`` in the model (e.g. a lower
+    rate for modules a fine-tune trains fully than for its adapters); the schedule scales every group alike.
     """
 
     def __init__(self, model: JanusFlowModel, processor: JanusFlowProcessor, cfg: TrainConfig, out_dir: str | Path,
@@ -96,7 +98,8 @@ class Trainer:
                  repa_head: RepaHead | None = None, accelerator: Accelerator | None = None,
                  progress: bool = True, desc: str | None = None,
                  on_snapshot: Callable[[int, float, JanusFlowModel], None] | None = None,
-                 batches=None, set_trainable: bool = True, resume_clock: bool = False):
+                 batches=None, set_trainable: bool = True, resume_clock: bool = False,
+                 lr_scale: Callable[[str], float] | None = None):
         if batches is not None:
             cfg.validate(model.config, has_und_data=getattr(batches, "has_und", True),
                          has_gen_data=getattr(batches, "has_gen", True),
@@ -107,6 +110,7 @@ class Trainer:
                          num_und_tokens=processor.num_image_tokens)
         self.cfg = cfg
         self.model = model
+        self.lr_scale = lr_scale
         self.processor = processor
         self.out_dir = Path(out_dir)
         self.acc = accelerator or make_accelerator(cfg)
@@ -183,12 +187,14 @@ class Trainer:
                 self.repa_head.requires_grad_(True)
         module = TrainModule(model, self.repa_head, cfg.repa_layer,
                              LossWeights(cfg.ar_weight, cfg.flow_weight, cfg.repa_weight))
-        decay, no_decay = [], []
+        groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}  # (lr scale, decayed) -> parameters
+        scale_of = {id(p): self.lr_scale(n) for n, p in model.named_parameters()} if self.lr_scale else {}
         for p in module.parameters():
             if p.requires_grad:
-                (decay if p.dim() >= 2 else no_decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+                groups.setdefault((scale_of.get(id(p), 1.0), p.dim() >= 2), []).append(p)
+        opt = torch.optim.AdamW([{"params": ps, "lr": cfg.lr * scale, "weight_decay": cfg.weight_decay if decayed
+                                  else 0.0} for (scale, decayed), ps in groups.items()],
+                                lr=cfg.lr, betas=cfg.betas)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
         resumed = resume and self._resume(opt, sched)
         module, opt = acc.prepare(module, opt)  # DDP: every replica now holds rank 0's weights
@@ -218,7 +224,7 @@ class Trainer:
                 elapsed = int(cfg.steps * (time.time() - t_start) / cfg.time_limit_s)
                 factor = lr_lambda(cfg)(max(self.step + 1, elapsed))
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * factor
+                    group["lr"] = group["initial_lr"] * factor
             opt.zero_grad(set_to_none=True)
             if self.ema is not None:
                 update_ema(self.ema, model, cfg.ema_decay)
@@ -238,7 +244,7 @@ class Trainer:
             if acc.is_main_process and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 # "lr" is the one used: with a time budget it is set above, not by the scheduler
                 rec = {"stage": cfg.stage, "step": self.step, "time_s": round(time.time() - t_start, 2),
-                       "lr": opt.param_groups[0]["lr"], **last, "tok_per_s": round(tok_s, 1),
+                       "lr": max(g["lr"] for g in opt.param_groups), **last, "tok_per_s": round(tok_s, 1),
                        "samples_per_s": round(samples_s, 2),
                        "grad_norm": float(grad_norm) if grad_norm is not None else None}
                 with log_path.open("a") as f:
