@@ -104,13 +104,18 @@ class Run:
     async def events(self, request: Request) -> AsyncIterator[tuple[str, Any]]:
         """("item", x) for each emitted x, then ("done", result) or ("error", exc). Ends early, stopping the
         run, when the client disconnects or the consumer closes it."""
+        check_at = self._loop.time() + DISCONNECT_POLL_S
         try:
             while True:
                 try:
                     kind, value = await asyncio.wait_for(self._queue.get(), DISCONNECT_POLL_S)
                 except TimeoutError:
+                    kind, value = "", None
+                if self._loop.time() >= check_at:
                     if await request.is_disconnected():
                         return
+                    check_at = self._loop.time() + DISCONNECT_POLL_S
+                if not kind:
                     continue
                 yield kind, value
                 if kind != "item":
