@@ -8,9 +8,12 @@ import base64
 import inspect
 import io
 import itertools
+import json
 import os
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -24,7 +27,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import app.openai_api as openai_api
-from app.openai_models import APIError, ImageRequest, generation_options
+from app.openai_models import APIError, ChatRequest, ImageRequest, generation_options
 from janusflow_core import GenerationPipeline
 from tools.serve import serve
 
@@ -379,6 +382,56 @@ def test_a_client_that_disconnects_from_a_plain_request_stops_its_run(served, mo
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(served[0] + "/chat/completions", json={"messages": USER}, timeout=0.5)
     assert stopped.wait(10)
+
+
+def test_a_client_that_disconnects_from_an_image_request_stops_its_run(served, monkeypatch):
+    pipe = served[1].get().generator
+    stopped = threading.Event()
+
+    def endless(*args, callback_on_step_end, **kwargs):
+        state = SimpleNamespace(finished=False)
+        while callback_on_step_end(state) is None:  # the API's hook: stop once the client is gone
+            time.sleep(0.02)
+            yield state
+        stopped.set()
+
+    monkeypatch.setattr(pipe, "iterate", endless)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(served[0] + "/images/generations", json={"prompt": "a red circle"}, timeout=0.5)
+    assert stopped.wait(10)
+
+
+def test_failures_during_a_run_are_answered_in_openai_shape(served, monkeypatch, caplog):
+    pipe, chat = served[1].get().generator, served[1].get().chat
+
+    def diverging(*args, **kwargs):
+        raise FloatingPointError("the latent is not finite after step 3; lower the guidance weight")
+        yield
+
+    monkeypatch.setattr(pipe, "iterate", diverging)
+    r = httpx.post(served[0] + "/images/generations", json={"prompt": "a red circle"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "generation_diverged"
+    assert "lower the guidance weight" in r.json()["error"]["message"]
+
+    def broken(*args, **kwargs):  # a bug of the server's own: a 500, and the traceback in its log
+        yield "a"
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(chat, "stream", broken)
+    r = httpx.post(served[0] + "/chat/completions", json={"messages": USER}, timeout=30)
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    assert "RuntimeError" in r.json()["error"]["message"] and "boom" in caplog.text
+    with httpx.stream("POST", served[0] + "/chat/completions", json={"messages": USER, "stream": True}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line and line != "data: [DONE]"]
+    assert events[1]["choices"][0]["delta"] == {"content": "a"} and events[-1]["error"]["type"] == "server_error"
+
+
+def test_the_docs_describe_every_field(served):
+    docs = (REPO / "docs" / "api.md").read_text()
+    section = docs[docs.index("## OpenAI-compatible API"):]
+    for model in (ChatRequest, ImageRequest):
+        assert all(f"`{name}`" in section for name in model.model_fields), model
+    assert all(f"{method} {path}" in section for path, method in openai_api.ROUTES.items())
 
 
 # -- the API key -------------------------------------------------------------------------------------------
