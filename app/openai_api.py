@@ -174,8 +174,8 @@ class OpenAIAPI:
         r.add_api_route(f"{PREFIX}/models/{{model_id:path}}", self.model, methods=["GET"], include_in_schema=False)
         r.add_api_route(f"{PREFIX}/chat/completions", self.chat, methods=["POST"], include_in_schema=False)
         r.add_api_route(f"{PREFIX}/images/generations", self.images, methods=["POST"], include_in_schema=False)
-        r.add_api_route(f"{PREFIX}/{{path:path}}", self.unknown, methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                        include_in_schema=False)
+        r.add_api_route(f"{PREFIX}/{{path:path}}", self.unknown, include_in_schema=False,
+                        methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
         r.add_api_route(f"{FILES_PATH}/{{name}}", self.file, methods=["GET"], name="janusflow_generated",
                         include_in_schema=False)
         return r
@@ -244,9 +244,12 @@ class OpenAIAPI:
     async def unknown(self, request: Request, path: str) -> Response:
         async def answer(_: Request) -> Response:
             url = f"{PREFIX}/{path}"
-            if url in ROUTES:
-                return APIError(405, f"{url} takes {ROUTES[url]} requests, not {request.method}.",
-                                code="method_not_allowed").response()
+            method = ROUTES.get(url, "GET" if url.startswith(f"{PREFIX}/models/") else None)
+            if method is not None:
+                refusal = APIError(405, f"{url} takes {method} requests, not {request.method}.",
+                                   code="method_not_allowed").response()
+                refusal.headers["Allow"] = method
+                return refusal
             raise APIError(404, f"There is no {request.method} {url}; this server answers GET /v1/models, POST "
                                 "/v1/chat/completions and POST /v1/images/generations.", code="unknown_url")
         return await self._answer(request, answer)

@@ -281,6 +281,7 @@ def test_bad_bodies_methods_and_urls_are_refused_in_openai_shape(served, monkeyp
         check_refusal(httpx.post(base + "/images/generations", content=b'{"prompt": "x", "cfg": %s}' % value),
                       400, "cfg", "cfg must be a number from 0 to 10")
     check_refusal(httpx.get(base + "/chat/completions"), 405, None, "takes POST requests, not GET")
+    assert httpx.delete(base + "/models/janusflow-shapes").headers["allow"] == "GET"
     check_refusal(httpx.post(base + "/embeddings", json={}), 404, None, "There is no POST /v1/embeddings")
     monkeypatch.setattr(openai_api, "MAX_BODY_BYTES", 1000)
     check_refusal(httpx.post(base + "/images/generations", json={"prompt": "a" * 2000}), 413, None, "over")
@@ -444,9 +445,10 @@ def keyed():
 def test_with_a_key_every_v1_request_needs_it(keyed):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"}):
         for method, path in (("GET", "/models"), ("POST", "/chat/completions"), ("POST", "/images/generations"),
-                             ("GET", "/nowhere")):
+                             ("GET", "/nowhere"), ("HEAD", "/models"), ("OPTIONS", "/chat/completions")):
             r = httpx.request(method, keyed + path, headers=headers, json={})
-            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (headers, path, r.text)
+            assert r.status_code == 401, (headers, method, path, r.text)
+            assert method == "HEAD" or r.json()["error"]["code"] == "invalid_api_key"
             assert r.headers["www-authenticate"] == "Bearer"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=keyed, api_key="wrong", max_retries=0).models.list()
@@ -471,7 +473,12 @@ message = st.one_of(st.fixed_dictionaries({
     "role": st.one_of(st.sampled_from(["user", "system", "assistant", "tool"]), json_values),
     "content": st.one_of(st.text(max_size=40), st.lists(part, max_size=3), json_values)}), json_values)
 # valid generation options are sent once the pipeline takes them (names.md); invalid ones always
-OPTIONS_SUPPORTED = all(k in inspect.signature(GenerationPipeline.iterate).parameters for k in ("shift", "guidance"))
+OPTIONS = ("init_image", "strength", "negative_prompt", "shift", "guidance_interval", "guidance")
+OPTIONS_SUPPORTED = all(k in inspect.signature(GenerationPipeline.iterate).parameters for k in OPTIONS)
+
+
+def option(valid: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(valid, json_values) if OPTIONS_SUPPORTED else json_values
 
 
 def answered_or_refused(response: httpx.Response) -> None:
@@ -497,10 +504,9 @@ def test_any_chat_body_gets_an_answer_or_a_clear_refusal(served, body):
     "cfg": st.one_of(st.floats(0, 10), json_values), "seed": st.one_of(st.integers(0, 9), json_values),
     "size": st.one_of(st.just("64x64"), json_values), "response_format": st.one_of(st.just("url"), json_values),
     "sampler": st.one_of(st.just("heun"), json_values),
-    "shift": st.one_of(st.floats(0.5, 3), json_values) if OPTIONS_SUPPORTED else json_values,
-    "guidance": st.one_of(st.just("apg"), json_values) if OPTIONS_SUPPORTED else json_values,
-    "strength": json_values, "guidance_interval": json_values, "init_image": st.one_of(st.just(BAD_PNG), json_values),
-    "negative_prompt": json_values}))
+    "shift": option(st.floats(0.5, 3)), "guidance": option(st.sampled_from(["cfg", "cfg-zero-star", "apg"])),
+    "strength": option(st.floats(0.1, 1)), "guidance_interval": option(st.just([0.0, 0.5])),
+    "init_image": st.one_of(st.just(BAD_PNG), option(st.just(data_url()))), "negative_prompt": option(st.just("blue"))}))
 def test_any_image_body_gets_an_answer_or_a_clear_refusal(served, body):
     answered_or_refused(httpx.post(served[0] + "/images/generations", json=body, timeout=60))
 
