@@ -506,7 +506,8 @@ def test_any_chat_body_gets_an_answer_or_a_clear_refusal(served, body):
     "sampler": st.one_of(st.just("heun"), json_values),
     "shift": option(st.floats(0.5, 3)), "guidance": option(st.sampled_from(["cfg", "cfg-zero-star", "apg"])),
     "strength": option(st.floats(0.1, 1)), "guidance_interval": option(st.just([0.0, 0.5])),
-    "init_image": st.one_of(st.just(BAD_PNG), option(st.just(data_url()))), "negative_prompt": option(st.just("blue"))}))
+    "init_image": st.one_of(st.just(BAD_PNG), option(st.just(data_url()))),
+    "negative_prompt": option(st.just("blue"))}))
 def test_any_image_body_gets_an_answer_or_a_clear_refusal(served, body):
     answered_or_refused(httpx.post(served[0] + "/images/generations", json=body, timeout=60))
 
