@@ -54,7 +54,7 @@ class APIError(Exception):
 def refused(exc: InputError, fields: list[str] | tuple[str, ...] = ()) -> APIError:
     """A core refusal as a 400; ``param`` is the field its message starts with, if any."""
     text = str(exc)
-    param = next((f for f in fields if text.lower().startswith(f.lower())), None)
+    param = next((f for f in sorted(fields, key=len, reverse=True) if re.match(rf"{re.escape(f)}\b", text)), None)
     return APIError(400, text, param=param)
 
 

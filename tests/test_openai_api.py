@@ -27,8 +27,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import app.openai_api as openai_api
-from app.openai_models import APIError, ChatRequest, ImageRequest, generation_options
+from app.openai_models import APIError, ChatRequest, ImageRequest, generation_options, refused
 from janusflow_core import GenerationPipeline
+from janusflow_core.limits import InputError
 from tools.serve import serve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -299,6 +300,14 @@ def test_the_client_library_raises_its_own_errors_for_refusals(client):
 
 
 # -- the generation options: parsed, checked and passed to the pipeline as keyword arguments ------------
+def test_a_core_refusal_names_the_field_it_starts_with():
+    fields = ("prompt", "n", "negative_prompt", "guidance", "guidance_interval", "seed")
+    assert refused(InputError("negative_prompt is 300 tokens; the limit is 191"), fields).param == "negative_prompt"
+    assert refused(InputError("guidance_interval LO must be ..."), fields).param == "guidance_interval"
+    assert refused(InputError("n must be a whole number from 1 to 8, got 9"), fields).param == "n"
+    assert refused(InputError("the model diverged"), fields).param is None
+
+
 def test_generation_options_become_the_pipelines_keyword_arguments():
     init = Image.new("RGB", (40, 30), (200, 10, 10))
     options = generation_options(ImageRequest.parse({
