@@ -82,7 +82,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-class Request(BaseModel):
+class APIRequest(BaseModel):
     """Strict JSON types (no numbers as strings, no booleans as numbers), and no unknown fields."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -103,11 +103,11 @@ class Request(BaseModel):
             raise APIError(400, f"{param}: {err['msg']}, got {_shown(err.get('input'))}.", param=param) from None
 
 
-class StreamOptions(Request):
+class StreamOptions(APIRequest):
     include_usage: bool = False
 
 
-class ChatRequest(Request):
+class ChatRequest(APIRequest):
     model: str | None = None
     messages: list[Any]
     stream: bool = False
@@ -121,7 +121,7 @@ class ChatRequest(Request):
     user: str | None = None
 
 
-class ImageRequest(Request):
+class ImageRequest(APIRequest):
     model: str | None = None
     prompt: str
     n: int | None = None
