@@ -1,4 +1,5 @@
-"""Start the JanusFlow demo: ``python app.py`` serves the embedded shapes model on http://127.0.0.1:7860.
+"""Start the JanusFlow demo: ``python app.py`` serves the embedded shapes model on http://127.0.0.1:7860, and
+the OpenAI-compatible API under http://127.0.0.1:7860/v1 (docs/api.md).
 
 The flags are checked first (a model or VAE path that does not exist, a device this machine lacks, a port
 out of range or taken), each refusal one ``error:`` line with exit status 2. Then the server comes up at
@@ -16,6 +17,8 @@ import sys
 from janusflow_core.errors import OneLineParser, run_guarded
 from janusflow_core.limits import InputError
 
+KEY_ENV = "JANUSFLOW_API_KEY"  # the API key when --api-key is not given (keeps it out of the process list)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(prog="python app.py",
@@ -29,8 +32,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    p.add_argument("--concurrency", type=int, default=2, help="model runs (chats + generations) at the same time")
+    p.add_argument("--concurrency", type=int, default=2,
+                   help="model runs (chats + generations, the page's and the API's) at the same time")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help=f"require 'Authorization: Bearer KEY' on the OpenAI-compatible API under /v1 (default: "
+                        f"${KEY_ENV} if set, else the API is open like the page)")
     args = p.parse_args(argv)
+    if args.api_key is None:
+        args.api_key = os.environ.get(KEY_ENV) or None
+    elif not args.api_key.strip():
+        p.error("--api-key must not be empty")
     if not 1 <= args.concurrency <= 64:
         p.error(f"--concurrency must be from 1 to 64, got {args.concurrency}")
     if not 0 <= args.port <= 65535:
@@ -69,13 +80,18 @@ def serve(args: argparse.Namespace) -> int:
     check_environment(args)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from app import Engine, create_demo, launch  # the package app/, imported after the flags are checked
+    from app.openai_api import OpenAIAPI
 
-    engine = Engine(args.model, vae=args.vae, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit)
+    engine = Engine(args.model, vae=args.vae, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit,
+                    concurrency=args.concurrency)
     demo = create_demo(engine)
+    api = OpenAIAPI(engine, api_key=args.api_key)
     _, url, share_url = launch(demo, host=args.host, port=args.port, share=args.share,
-                               concurrency=args.concurrency, quiet=True, prevent_thread_lock=True)
+                               concurrency=args.concurrency, quiet=True, prevent_thread_lock=True, api=api.router)
     engine.start_loading()
     print(f"JanusFlow demo running on {url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
+    print(f"OpenAI-compatible API on {url.rstrip('/')}/v1" + (" (API key required)" if api.api_key else ""),
+          flush=True)
     demo.block_thread()
     return 0
 

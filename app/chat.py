@@ -106,7 +106,9 @@ class ChatHandlers:
             gr.Warning("No image is attached, so the answer comes from the text alone. Attach one with the "
                        "clip icon, drop it on the box or paste it.")
         sid = session_id(request)
-        with self.runs.start(sid) as run:
+        with self.runs.start(sid) as run, self.engine.model_slot(run.event) as held:
+            if not held:  # stopped while waiting for a free model run
+                return
             try:
                 loaded = self.engine.get()
             except EngineError as exc:

@@ -2,14 +2,16 @@
 
 Nothing heavy happens at import or construction. ``get()`` loads under a lock (a second caller waits
 for the first one's load instead of starting its own); a failed load is remembered and reported to
-every later caller instead of being retried on each click.
+every later caller instead of being retried on each click. ``model_slot()`` is the one limit on model runs
+at once (``--concurrency``): the page's chats and generations and the OpenAI-compatible API all hold one.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,9 +50,11 @@ class EngineError(RuntimeError):
 
 class Engine:
     def __init__(self, model: str | Path | None = None, *, vae: str | Path | None = None, device: str = "auto",
-                 dtype: str = "auto", load_8bit: bool = False,
+                 dtype: str = "auto", load_8bit: bool = False, concurrency: int = 2,
                  loader: Callable[..., JanusFlowBundle] = load_pretrained):
         self.model = model
+        self.concurrency = concurrency
+        self._slots = threading.BoundedSemaphore(concurrency)
         self.options = {"vae": vae, "device": device, "dtype": dtype, "load_8bit": load_8bit}
         self._loader = loader
         self._lock = threading.Lock()
@@ -60,11 +64,16 @@ class Engine:
 
     # -- what the UI can show before the model is loaded ---------------------------------------------
     @property
-    def display_name(self) -> str:
+    def model_id(self) -> str:
+        """The model's name for API clients: its folder's name, or its hub id."""
         if self.model is None:
-            return f"{DEFAULT_MODEL.name} (embedded)"
+            return DEFAULT_MODEL.name
         p = Path(str(self.model))
         return p.resolve().name if p.is_dir() else str(self.model)
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.model_id} (embedded)" if self.model is None else self.model_id
 
     def sampling_defaults(self) -> SamplingDefaults:
         """The generation pipeline's defaults (steps, guidance weight): the loaded pipeline's, or before it is
@@ -118,6 +127,23 @@ class Engine:
             self.get()
         except EngineError:
             pass  # kept in self._error and shown by status()
+
+    # -- the limit on model runs at once --------------------------------------------------------------
+    @contextmanager
+    def model_slot(self, cancelled: threading.Event | None = None, poll_s: float = 0.1) -> Iterator[bool]:
+        """Hold one of the ``concurrency`` model runs while the block runs (waiting for one if all are taken).
+
+        Yields True once a run is held; False, holding nothing, when ``cancelled`` is set while waiting (a
+        client that went away gives up its place in the line).
+        """
+        while not self._slots.acquire(timeout=poll_s):
+            if cancelled is not None and cancelled.is_set():
+                yield False
+                return
+        try:
+            yield True
+        finally:
+            self._slots.release()
 
     # -- status line ------------------------------------------------------------------------------------
     def status(self) -> str:

@@ -76,7 +76,9 @@ class GenerateHandlers:
         """
         with refusals():
             check_choice("Preview", preview, PREVIEW_MODES)  # the page's own setting; the pipeline checks the rest
-        with self.runs.start(session_id(request)) as run:
+        with self.runs.start(session_id(request)) as run, self.engine.model_slot(run.event) as held:
+            if not held:  # stopped while waiting for a free model run
+                return
             if self.engine.state != "ready":
                 yield gr.skip(), "Loading the model …", gr.skip()
             try:

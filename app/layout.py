@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from fastapi import APIRouter
 
 from janusflow_core.limits import (
     GUIDANCE,
@@ -228,8 +229,15 @@ def refuse_short_calls(demo: gr.Blocks) -> None:
 
 
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
-           concurrency: int = 2, quiet: bool = False, **kwargs: Any) -> tuple[Any, str, str | None]:
-    """Queue (``concurrency`` model runs at once) and serve; returns gradio's (app, local URL, share URL)."""
+           concurrency: int = 2, quiet: bool = False, api: APIRouter | None = None,
+           **kwargs: Any) -> tuple[Any, str, str | None]:
+    """Queue (``concurrency`` model runs at once) and serve; returns gradio's (app, local URL, share URL).
+
+    ``api``'s routes (the OpenAI-compatible API, ``OpenAIAPI.router``) are served by the same server, on the
+    same host and port; they are in place before it starts answering.
+    """
+    if api is not None:
+        kwargs["app_kwargs"] = {**kwargs.get("app_kwargs", {}), "routes": list(api.routes)}
     demo.queue(default_concurrency_limit=concurrency)
     return demo.launch(server_name=host, server_port=port, share=share, quiet=quiet, theme=THEME, css=CSS,
                        allowed_paths=[str(EXAMPLES_DIR)], max_file_size=MAX_UPLOAD, footer_links=["api"],

@@ -73,3 +73,16 @@ def test_a_host_that_is_not_this_machine_is_named(capsys, no_serving):
     # 192.0.2.1 is TEST-NET-1 (documentation only): never an address of this machine; nothing is sent
     assert run(["--host", "192.0.2.1", "--port", "7861"]) == 2
     assert "--host '192.0.2.1' is not an address of this machine" in capsys.readouterr().err
+
+
+def test_the_api_key_comes_from_the_flag_or_the_environment(monkeypatch, capsys):
+    monkeypatch.delenv(entry.KEY_ENV, raising=False)
+    assert entry.parse_args([]).api_key is None
+    assert entry.parse_args(["--api-key", "sk-1"]).api_key == "sk-1"
+    monkeypatch.setenv(entry.KEY_ENV, "sk-env")
+    assert entry.parse_args([]).api_key == "sk-env"
+    assert entry.parse_args(["--api-key", "sk-1"]).api_key == "sk-1"  # the flag wins
+    monkeypatch.setenv(entry.KEY_ENV, "")
+    assert entry.parse_args([]).api_key is None  # an empty variable is no key
+    assert run(["--api-key", " "]) == 2
+    assert "error: --api-key must not be empty" in capsys.readouterr().err

@@ -583,3 +583,25 @@ def refusal_of(fn, *args, **kwargs) -> str:
     with pytest.raises(gr.Error) as refused:
         fn(*args, **kwargs)
     return refused.value.message
+
+
+@pytest.mark.parametrize("kind", ["chat", "generate"])
+def test_page_runs_hold_one_of_the_engines_model_runs(tiny_model_dir, kind):
+    engine = Engine(tiny_model_dir, device="cpu", dtype="fp32", concurrency=1)
+    engine.get()
+    handlers = ChatHandlers(engine) if kind == "chat" else GenerateHandlers(engine)
+    outputs: list = []
+    call = ((lambda: handlers.submit({"text": "hi", "files": []}, 0.0, 0.9, 2, 0, [], session("busy")))
+            if kind == "chat" else (lambda: handlers.run("a red circle", 2.0, 2, 1, 1, "euler", "x1-fast",
+                                                          session("busy"))))
+    with engine.model_slot():  # the only run is taken (by an API request, say)
+        worker = threading.Thread(target=lambda: outputs.extend(call()))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and outputs == []  # waiting for it
+        handlers.stop(session("busy"))  # Stop while waiting: the run leaves the line without a model run
+        worker.join(10)
+    assert not worker.is_alive() and outputs == []
+    outputs.clear()
+    outputs.extend(call())  # with the run free again, the page's runs go ahead
+    assert outputs

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from app.engine import Engine
 from app.layout import create_demo, launch
+from app.openai_api import OpenAIAPI
 
 
 def free_port() -> int:
@@ -18,13 +19,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(model: str | Path | None, *, concurrency: int = 2, preload: bool = True) -> Iterator[tuple[str, Engine]]:
-    """Launch on 127.0.0.1 at a free port; yields (url, engine) and closes the server afterwards."""
-    engine = Engine(model, device="cpu", dtype="fp32")
+def serve(model: str | Path | None, *, concurrency: int = 2, preload: bool = True,
+          api_key: str | None = None) -> Iterator[tuple[str, Engine]]:
+    """Launch on 127.0.0.1 at a free port, the OpenAI-compatible API under /v1 included (``api_key``: the
+    key it requires); yields (url, engine) and closes the server afterwards."""
+    engine = Engine(model, device="cpu", dtype="fp32", concurrency=concurrency)
     if preload:
         engine.get()
     demo = create_demo(engine)
-    _, url, _ = launch(demo, port=free_port(), concurrency=concurrency, quiet=True, prevent_thread_lock=True)
+    _, url, _ = launch(demo, port=free_port(), concurrency=concurrency, quiet=True, prevent_thread_lock=True,
+                       api=OpenAIAPI(engine, api_key=api_key).router)
     try:
         yield url, engine
     finally:
