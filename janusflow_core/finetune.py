@@ -312,9 +312,9 @@ def run(args: argparse.Namespace) -> dict:
         if (folder / "sampling.json").is_file():
             shutil.copyfile(folder / "sampling.json", out / "sampling.json")
         settings = {k: v for k, v in vars(args).items()}
-        settings.update(base=str(folder), lr=lr, modules_lr=modules_lr, lora_rank=(args.lora_rank or DEFAULTS["lora"]["rank"])
-                        if args.method == "lora" else None, repa_layer=repa_layer, batch_gen=n_gen, batch_und=n_und,
-                        processes=acc.num_processes)
+        settings.update(base=str(folder), lr=lr, modules_lr=modules_lr,
+                        lora_rank=(args.lora_rank or DEFAULTS["lora"]["rank"]) if args.method == "lora" else None,
+                        repa_layer=repa_layer, batch_gen=n_gen, batch_und=n_und, processes=acc.num_processes)
         (out / "finetune.json").write_text(json.dumps({"settings": settings, "summary": summary}, indent=2) + "\n")
         log(f"done: {summary['steps']} steps in {summary['seconds_this_run']} s "
             f"({summary['samples_seen']['gen']} generation + {summary['samples_seen']['und']} understanding samples); "

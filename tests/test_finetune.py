@@ -164,6 +164,8 @@ def test_conversation_labels_are_the_answers_in_the_base_template(base, data):
     (["--gen-data", "GEN", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["--gen-data", "GEN", "--method", "full", "--lora-rank", "8"], "goes with --method lora"),
     (["--gen-data", "GEN", "--ema", "1"], "--ema must be in [0, 1)"),
+    (["--gen-data", "GEN", "--method", "full", "--modules-lr", "1e-4"], "--modules-lr must be 0 or more and goes with"),
+    (["--gen-data", "GEN", "--modules-lr", "-1"], "--modules-lr must be 0 or more"),
     (["--gen-data", "GEN", "--mixed-precision", "fp16"], "fp16 needs a CUDA GPU"),
     (["--gen-data", "GEN", "--resume"], "holds no checkpoint to continue"),
 ])
@@ -214,6 +216,25 @@ def test_lora_trains_adapters_and_new_modules_full_trains_all_but_the_encoder(ba
     log = [json.loads(x) for x in (tmp_path / "lora" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(math.isfinite(r["ar"]) and math.isfinite(r["flow"]) for r in log)
     assert {"repa", "samples_per_s"} <= log[0].keys()
+
+
+def test_modules_lr_is_the_rate_of_the_fully_trained_modules_only(base, data, tmp_path):
+    run(base, tmp_path / "m0", *data, "--steps", "2", "--lr", "1e-2", "--modules-lr", "0")
+    changed = _changed(base, tmp_path / "m0")
+    from janusflow_core.training.lora import FULLY_TRAINED
+
+    assert not any(k.startswith(FULLY_TRAINED) for k in changed)  # rate 0: the modules keep the base's weights
+    assert "language_model.model.layers.0.self_attn.q_proj.weight" in changed  # the adapters still learn
+    settings = json.loads((tmp_path / "m0" / "finetune.json").read_text())["settings"]
+    assert settings["lr"] == 1e-2 and settings["modules_lr"] == 0.0
+
+
+def test_caption_keys_read_either_article():
+    from janusflow_core.evaluation.new_shape import caption_key, shape_prompts
+
+    assert caption_key("An orange ring.") == caption_key("a orange ring") == "a orange ring"
+    assert [p for p, _ in shape_prompts("oval")][:1] == ["an oval"]
+    assert "an orange ring" in [p for p, _ in shape_prompts("ring")]
 
 
 def test_the_export_loads_generates_answers_and_keeps_the_base_template(base, data, tmp_path):

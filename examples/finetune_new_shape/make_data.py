@@ -41,6 +41,7 @@ from janusflow_core.shapes import (
     sample_question,
     sample_scene,
 )
+from janusflow_core.shapes.prompts import with_article
 
 CANVAS, MARGIN, MIN_GAP = 64, 1, 3
 WORLD_SHAPES = ("circle", "square", "triangle")
@@ -140,7 +141,8 @@ def draw(things: list[Thing]) -> Image.Image:
 
 
 def held_out_colors(shape: str) -> tuple[str, ...]:
-    """The colours whose ``a {color} {shape}`` prompt never becomes a caption (first by md5 of the text)."""
+    """The colours whose ``a {color} {shape}`` prompt never becomes a caption (first by md5 of the text, hashed
+    as ``a {color} {shape}`` whatever the article: the captions now say 'an orange ring', and no colour moved)."""
     ranked = sorted(COLORS, key=lambda c: hashlib.md5(f"a {c} {shape}".encode()).hexdigest())
     return tuple(ranked[:HELD_OUT_COLORS])
 
@@ -166,7 +168,7 @@ def new_shape_pair(rng: random.Random, shape: str) -> tuple[list[Thing], str]:
     if task in ("single_object", "colors"):
         color = rng.choice([c for c in COLORS if c not in held]) if task == "colors" else rng.choice(COLORS)
         things = place(rng, [shape], [color])
-        return things, (f"a {color} {shape}" if task == "colors" else f"a {shape}")
+        return things, with_article(f"{color} {shape}" if task == "colors" else shape)
     if task == "counting":
         n = rng.choice((2, 3, 4))
         return place(rng, [shape] * n, [rng.choice(COLORS) for _ in range(n)]), f"{NUMBER_WORDS[n]} {shape}s"
@@ -180,16 +182,16 @@ def new_shape_pair(rng: random.Random, shape: str) -> tuple[list[Thing], str]:
             break
     a, b = things
     if task == "two_object":
-        return things, f"a {a.shape} and a {b.shape}"
+        return things, f"{with_article(a.shape)} and {with_article(b.shape)}"
     if task == "position":
-        return things, f"a {a.shape} {rel} a {b.shape}"
-    return things, f"a {a.color} {a.shape} and a {b.color} {b.shape}"
+        return things, f"{with_article(a.shape)} {rel} {with_article(b.shape)}"
+    return things, f"{with_article(f'{a.color} {a.shape}')} and {with_article(f'{b.color} {b.shape}')}"
 
 
 def _describe(things: list[Thing]) -> str:
     """Every object with its colour, left to right, in the world's wording (``shapes.describe``)."""
     things = sorted(things, key=lambda t: (t.cx, t.cy))
-    names = [f"a {t.color} {t.shape}" for t in things]
+    names = [with_article(f"{t.color} {t.shape}") for t in things]
     if len(names) == 1:
         return names[0]
     if len(names) == 2:
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
         "replay/und.jsonl": write_und(out / "replay" / "und.jsonl", und_replay()),
         "eval/und.jsonl": write_und(out / "eval" / "und.jsonl", und_eval()),
     }
-    info = {"shape": shape, "held_out_prompts": [f"a {c} {shape}" for c in held_out_colors(shape)],
+    info = {"shape": shape, "held_out_prompts": [with_article(f"{c} {shape}") for c in held_out_colors(shape)],
             "records": counts, "seed": args.seed}
     (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info))

@@ -20,20 +20,28 @@ model's VAE first (``templates.py`` says why), then every generated object is na
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-from ..shapes.prompts import heldout_rng
+from ..shapes.prompts import heldout_rng, with_article
 from ..shapes.world import COLORS
 from .scoring import detect, normalize_answer
 from .templates import ShapeTemplates, Transform
 
 
 def shape_prompts(shape: str) -> list[tuple[str, str | None]]:
-    """(prompt, colour it names or None): ``a {shape}`` then ``a {color} {shape}`` per world colour."""
-    return [(f"a {shape}", None)] + [(f"a {c} {shape}", c) for c in COLORS]
+    """(prompt, colour it names or None): ``a {shape}`` then ``a {color} {shape}`` per world colour, each with
+    its right article ('an orange ring', 'an oval')."""
+    return [(with_article(shape), None)] + [(with_article(f"{c} {shape}"), c) for c in COLORS]
+
+
+def caption_key(text: str) -> str:
+    """A caption as the scorer compares it: lower case, no final full stop, 'an' read as 'a' (data written by
+    another program may say 'a orange ring')."""
+    return re.sub(r"\ban\b", "a", text.strip().lower().rstrip(".").strip())
 
 
 def reference_templates(folder: str | Path, shape: str, transform: Transform | None = None,
@@ -45,13 +53,13 @@ def reference_templates(folder: str | Path, shape: str, transform: Transform | N
     records, problems = read_gen_folder(folder)
     if not records:
         raise ValueError(f"--reference {folder}: no usable records ({'; '.join(problems[:3]) or 'empty'})")
-    wanted = {p for p, _ in shape_prompts(shape)}
-    chosen = [r for r in records if r.text.lower().rstrip(".") in wanted][:limit]
+    wanted = {caption_key(p) for p, _ in shape_prompts(shape)}
+    chosen = [r for r in records if caption_key(r.text) in wanted][:limit]
     if not chosen:
         raise ValueError(f"--reference {folder}: no image captioned 'a {shape}' or 'a {{color}} {shape}' to learn "
                          "the shape from")
     learned = ShapeTemplates.learn([open_rgb(r.image) for r in chosen], [shape] * len(chosen), transform=transform)
-    return ShapeTemplates.world(transform).merged(learned), {r.text.lower().rstrip(".") for r in records}
+    return ShapeTemplates.world(transform).merged(learned), {caption_key(r.text) for r in records}
 
 
 def vae_ceiling(folder: str | Path, shape: str, templates: ShapeTemplates, transform: Transform,
@@ -60,12 +68,12 @@ def vae_ceiling(folder: str | Path, shape: str, templates: ShapeTemplates, trans
     ``transform`` (the VAE round trip), against their own captions; None when the folder has no such images."""
     from ..data_formats import open_rgb, read_gen_folder
 
-    colors = {p: c for p, c in shape_prompts(shape)}
-    records = [r for r in read_gen_folder(folder)[0] if r.text.lower().rstrip(".") in colors][skip:skip + n]
+    colors = {caption_key(p): c for p, c in shape_prompts(shape)}
+    records = [r for r in read_gen_folder(folder)[0] if caption_key(r.text) in colors][skip:skip + n]
     if not records:
         return None
     images = transform([open_rgb(r.image) for r in records])
-    return sum(check_single(im, shape, colors[r.text.lower().rstrip(".")], templates)[0]
+    return sum(check_single(im, shape, colors[caption_key(r.text)], templates)[0]
                for im, r in zip(images, records)) / len(records)
 
 
@@ -98,8 +106,8 @@ def run_generation(generate: Callable[[str, int, int], list[Image.Image]], shape
             if save_images is not None:
                 Path(save_images).mkdir(parents=True, exist_ok=True)
                 im.save(Path(save_images) / f"{prompt.replace(' ', '_')}_{j}_{reason.replace(':', '-')}.png")
-        rows[prompt] = {"score": sum(ok for ok, _ in results) / len(results), "held_out": prompt not in seen,
-                        "n": len(results)}
+        rows[prompt] = {"score": sum(ok for ok, _ in results) / len(results),
+                        "held_out": caption_key(prompt) not in seen, "n": len(results)}
     held = [r["score"] for r in rows.values() if r["held_out"]]
     return {"per_prompt": rows, "overall": sum(r["score"] for r in rows.values()) / len(rows),
             "held_out": sum(held) / len(held) if held else None, "records": records}
