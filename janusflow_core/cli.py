@@ -2,9 +2,13 @@
 
     generate --model M --prompt "..." [--steps 30] [--cfg 2] [--seed 0] [--num-images 1] --out DIR
              writes DIR/0.png ...
+             [--init-image PATH --strength S] [--negative-prompt TEXT] [--shift S]
+             [--guidance-interval LO HI] [--guidance cfg|cfg-zero-star|apg]
     generate --model M --prompts-file IN.jsonl --out DIR
-             each line {"prompt": str, "seed": int} (+ optional "steps", "cfg", "num_images", "sampler";
-             unset ones come from the flags);
+             each line {"prompt": str, "seed": int} (+ optional "steps", "cfg", "num_images", "sampler",
+             "init_image", "strength", "negative_prompt", "shift", "guidance_interval" ([lo, hi]),
+             "guidance"; unset ones come from the flags; image paths are read as given, relative to the
+             current folder);
              image k of line i is written to DIR/{i}_{k}.png
     chat --model M [--image F ...] --question "..."      streams the answer to stdout
     chat --model M --questions-file IN.jsonl              each line {"image": path, "question": str}
@@ -35,11 +39,14 @@ from typing import Any
 from . import limits
 from .errors import EXIT_INPUT, OneLineParser, run_guarded
 from .limits import InputError
+from .sampling.guidance import GUIDANCE
 
 log = logging.getLogger("janusflow_core")
 
 BATCH_SIZE = (1, 256)  # --batch-size of --questions-file
-PROMPT_KEYS = ("prompt", "seed", "steps", "cfg", "num_images", "sampler")
+PROMPT_KEYS = ("prompt", "seed", "steps", "cfg", "num_images", "sampler", "init_image", "strength", "negative_prompt",
+               "shift", "guidance_interval", "guidance")
+OPTION_KEYS = ("init_image", "strength", "negative_prompt", "shift", "guidance_interval", "guidance")
 QUESTION_KEYS = ("question", "image")
 
 
@@ -69,6 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", default="0", help=f"0..{limits.SEED[1]}; image k uses seed + k")
     g.add_argument("--num-images", default="1", help=_limit(limits.IMAGES))
     g.add_argument("--sampler", default="euler", choices=["euler", "heun"])
+    g.add_argument("--init-image", dest="init_image", default=None, metavar="PATH",
+                   help="image-to-image: start from this picture (resized and centre-cropped to the model's "
+                   "resolution)")
+    g.add_argument("--strength", default="1", help="with --init-image: how much to change it, above 0 and at most "
+                   "1 (1 = ignore the picture, as text-to-image)")
+    g.add_argument("--negative-prompt", dest="negative_prompt", default=None, metavar="TEXT",
+                   help="what the unconditional CFG rows encode instead of the empty prompt")
+    g.add_argument("--shift", default="1", help=f"SD3 time shift of the step grid, {_limit(limits.SHIFT)}; 1 = the "
+                   "official uniform grid, above 1 more steps near the noise")
+    g.add_argument("--guidance-interval", dest="guidance_interval", nargs=2, default=["0", "1"],
+                   metavar=("LO", "HI"), help="guidance only for steps starting at t in [LO, HI] (t = 0 noise, "
+                   "1 image); the other steps run the conditional rows alone (default: 0 1)")
+    g.add_argument("--guidance", default="cfg", help=f"guidance rule: {' | '.join(GUIDANCE)} (default: cfg)")
     g.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     c = sub.add_parser("chat", help="image(s) + question -> streamed answer")
     _add_model_args(c)
@@ -148,17 +168,34 @@ def check_device(device: str) -> None:
 CLI_NAMES = {"guidance_scale": "cfg"}  # the weight's name on the command line and in JSONL rows
 
 
+def _options(source: dict[str, Any], args: argparse.Namespace) -> Any:
+    """The checked GenerationOptions of a job: ``source``'s keys over the flags; the init image is read now."""
+    from .pipelines import check_generation_options
+
+    given = {k: source.get(k, getattr(args, k)) for k in OPTION_KEYS}
+    options = check_generation_options(**given, names=CLI_NAMES)
+    if options.init_image is None and options.strength != 1.0:
+        raise InputError(f"strength {options.strength:g} needs an init image (--init-image, or \"init_image\" in "
+                         "the line); without one leave it at 1")
+    return options
+
+
 def _generation_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every job checked against the limits: [{prompt, steps, cfg, num_images, sampler, seed, names, where}]."""
+    """Every job checked against the limits: [{prompt, steps, cfg, num_images, sampler, seed, options, names,
+    where}]."""
     from .pipelines import check_generation_inputs
 
     if args.prompts_file is None:
         steps, cfg, n, seed = check_generation_inputs(args.prompt, args.steps, args.cfg, args.num_images,
                                                       args.sampler, args.seed, names=CLI_NAMES)
         return [{"prompt": args.prompt, "steps": steps, "cfg": cfg, "num_images": n, "sampler": args.sampler,
-                 "seed": seed, "names": [f"{k}.png" for k in range(n)], "where": ""}]
-    # flags give the defaults of the file's rows; they are checked once, here
+                 "seed": seed, "options": _options({}, args), "names": [f"{k}.png" for k in range(n)], "where": ""}]
+    # flags give the defaults of the file's rows; they are checked once, here (the init image too)
     check_generation_inputs("-", args.steps, args.cfg, args.num_images, args.sampler, 0, names=CLI_NAMES)
+    from .pipelines import check_generation_options
+
+    flag_options = check_generation_options(**{k: getattr(args, k) for k in OPTION_KEYS}, names=CLI_NAMES)
+    args.init_image = flag_options.init_image  # read once, shared by every line that does not name its own
     jobs = []
     for i, (line, row) in enumerate(_read_jsonl(args.prompts_file, ("prompt", "seed"), PROMPT_KEYS)):
         where = f"{args.prompts_file}:{line}: "
@@ -167,10 +204,11 @@ def _generation_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
             steps, cfg, n, seed = check_generation_inputs(
                 row["prompt"], row.get("steps", args.steps), row.get("cfg", args.cfg),
                 row.get("num_images", args.num_images), sampler, row["seed"], names=CLI_NAMES)
+            options = _options(row, args)
         except InputError as exc:
             raise InputError(f"{where}{exc}") from None
         jobs.append({"prompt": row["prompt"], "steps": steps, "cfg": cfg, "num_images": n, "sampler": sampler,
-                     "seed": seed, "names": [f"{i}_{k}.png" for k in range(n)], "where": where})
+                     "seed": seed, "options": options, "names": [f"{i}_{k}.png" for k in range(n)], "where": where})
     return jobs
 
 
@@ -231,14 +269,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for job in jobs:
         try:
+            o = job["options"]
             result = pipe(job["prompt"], steps=job["steps"], guidance_scale=job["cfg"], seed=job["seed"],
-                          num_images=job["num_images"], sampler=job["sampler"])
-        except InputError as exc:  # what needs the tokenizer (the prompt's length in tokens)
+                          num_images=job["num_images"], sampler=job["sampler"], init_image=o.init_image,
+                          strength=o.strength, negative_prompt=o.negative_prompt, shift=o.shift,
+                          guidance_interval=o.guidance_interval, guidance=o.guidance)
+        except InputError as exc:  # what needs the tokenizer (prompts' lengths in tokens)
             raise InputError(f"{job['where']}{exc}") from None
         for img, name in zip(result.images, job["names"]):
             img.save(args.out / name)
-        log.info("%r: %d image(s), %d steps, cfg %.2f, %.2f s", job["prompt"], len(job["names"]), result.steps,
-                 result.guidance_scale, result.seconds)
+        log.info("%r: %d image(s), %d of %d steps, cfg %.2f (%s), %.2f s", job["prompt"], len(job["names"]),
+                 result.steps_planned, result.steps, result.guidance_scale, o.guidance, result.seconds)
     return 0
 
 

@@ -15,6 +15,9 @@ STEPS = (1, 100)  # Euler/Heun steps per image; the paper's demo uses 30
 IMAGES = (1, 8)  # images per request
 SEED = (0, 2**31 - 1)  # image k uses seed + k; kept exact as a JSON / browser number
 GUIDANCE = (0.0, 10.0)  # CFG weight w; 1 is conditional only, 0 unconditional only
+STRENGTH = (0.0, 1.0)  # image-to-image: 0 < S <= 1 (0 itself is refused: it would change nothing); 1 = text-to-image
+SHIFT = (0.1, 10.0)  # SD3 time shift; 1 is the official uniform grid, beyond 10 nearly every step sits at the noise
+GUIDANCE_INTERVAL = (0.0, 1.0)  # guidance only for steps whose start time t is in [LO, HI]
 TEMPERATURE = (0.0, 2.0)  # 0 = greedy
 TOP_P = (0.01, 1.0)
 MAX_NEW_TOKENS = (1, 4096)
@@ -36,21 +39,25 @@ def _bound(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def check_number(name: str, value: Any, bounds: tuple[float, float], *, integer: bool = False) -> float | int:
-    """``value`` as a number within ``bounds`` (inclusive), else an InputError naming ``name``.
+def check_number(name: str, value: Any, bounds: tuple[float, float], *, integer: bool = False,
+                 above_low: bool = False) -> float | int:
+    """``value`` as a number within ``bounds`` (inclusive; ``above_low``: the low end excluded), else an
+    InputError naming ``name``.
 
     Accepts ints, floats and numeric strings (as typed in a form or a JSON file); refuses bools,
     NaN, infinities and, with ``integer``, fractions.
     """
     low, high = bounds
-    allowed = f"{'a whole number' if integer else 'a number'} from {_bound(low)} to {_bound(high)}"
+    kind = "a whole number" if integer else "a number"
+    allowed = (f"{kind} above {_bound(low)} and at most {_bound(high)}" if above_low
+               else f"{kind} from {_bound(low)} to {_bound(high)}")
     if isinstance(value, bool) or value is None or (isinstance(value, str) and len(value) > 100):
         raise InputError(f"{name} must be {allowed}, got {_describe(value)}")
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
         raise InputError(f"{name} must be {allowed}, got {_describe(value)}") from None
-    if math.isnan(number) or not low <= number <= high:
+    if math.isnan(number) or not low <= number <= high or (above_low and number == low):
         raise InputError(f"{name} must be {allowed}, got {_describe(value)}")
     if integer:
         if number != int(number):
@@ -78,3 +85,14 @@ def check_text(name: str, value: Any, max_chars: int = MAX_MESSAGE_CHARS) -> str
     if len(value) > max_chars:
         raise InputError(f"{name} is {len(value)} characters long; the limit is {max_chars}")
     return value
+
+
+def check_interval(name: str, value: Any, bounds: tuple[float, float] = GUIDANCE_INTERVAL) -> tuple[float, float]:
+    """``value`` as a pair (LO, HI) of numbers with bounds[0] <= LO <= HI <= bounds[1], else an InputError."""
+    allowed = f"two numbers LO HI with {_bound(bounds[0])} <= LO <= HI <= {_bound(bounds[1])}"
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise InputError(f"{name} must be {allowed}, got {_describe(value)}")
+    lo, hi = (check_number(f"{name} {end}", v, bounds) for end, v in zip(("LO", "HI"), value))
+    if lo > hi:
+        raise InputError(f"{name} must be {allowed}; got LO {lo:g} above HI {hi:g}")
+    return float(lo), float(hi)

@@ -1,14 +1,16 @@
 """shapes-geneval of one model under several sampling settings (the paper's appendix C tables, at toy scale).
 
     python -m studies.sampling_sweep --model assets/janusflow-shapes --per-task 24 --seed 7 \
-        --setting cfg=1 --setting cfg=2 --setting cfg=3 --setting cfg=3,from=0.5 --out studies/results/sweep.jsonl
+        --setting cfg=1 --setting cfg=3 --setting cfg=3,from=0.3 --setting steps=10,shift=3 \
+        --setting guidance=apg,cfg=5 --out studies/results/sweep.jsonl
 
 A setting is comma-separated ``key=value`` pairs: ``cfg`` (guidance weight, default the model's), ``steps``
-(default the model's), ``sampler`` (euler or heun) and ``from`` / ``to``: guidance applied only while
-from <= t < to, the conditional velocity elsewhere (guidance in a limited interval, Kynkäänniemi et al.
-2024; t = 0 is noise), set step by step through the pipeline's ``callback_on_step_end``. Every setting sees
-the same prompts and seeds. Pick settings on a seed other than the benchmark's 0, then confirm on seed 0, or
-the choice is tuned to the test images.
+(default the model's), ``sampler`` (euler or heun), ``shift`` (the SD3 time shift of the grid), ``guidance``
+(cfg, cfg-zero-star or apg) and ``from`` / ``to``: the pipeline's guidance interval [from, to] (guidance only
+for steps starting at such t, the conditional rows alone elsewhere: Kynkäänniemi et al. 2024; t = 0 is
+noise). Every setting sees the same prompts and seeds. Pick settings on a seed other than the benchmark's 0,
+then confirm on seed 0, or the choice is tuned to the test images. ``nfe`` in each row counts velocity
+evaluations per image (Heun: two per step; CFG-Zero*'s zeroed step: none).
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ import torch
 
 from janusflow_core import GenerationPipeline, load_pretrained
 from janusflow_core.evaluation.benchmarks import run_geneval
-from janusflow_core.sampling import StepCallback, StepControl
 
-KEYS = {"cfg": float, "steps": int, "sampler": str, "from": float, "to": float}
+KEYS = {"cfg": float, "steps": int, "sampler": str, "from": float, "to": float, "shift": float, "guidance": str}
 
 
 def parse_setting(text: str) -> dict:
@@ -37,13 +38,17 @@ def parse_setting(text: str) -> dict:
     return setting
 
 
-def guidance_interval(w: float, lo: float, hi: float, steps: int) -> tuple[float, StepCallback]:
-    """(starting weight, step callback) for guidance only while lo <= t < hi: each step's weight is chosen
-    from the time it starts at, the conditional velocity (w = 1) elsewhere."""
-    def weight(t: float) -> float:
-        return w if lo <= t < hi else 1.0
+def nfe(setting: dict, steps: int) -> int:
+    """Velocity evaluations per image (an evaluation is one LLM pass over the image's rows)."""
+    per_step = 2 if setting.get("sampler", "euler") == "heun" else 1
+    return per_step * (steps - (setting.get("guidance") == "cfg-zero-star" and steps > 1))
 
-    return weight(0.0), lambda state: StepControl(guidance_scale=weight((state.index + 1) / steps))
+
+def pipeline_kwargs(setting: dict) -> dict:
+    """The pipeline's keyword arguments for a setting (steps and cfg aside)."""
+    return {"sampler": setting.get("sampler", "euler"), "shift": setting.get("shift", 1.0),
+            "guidance": setting.get("guidance", "cfg"),
+            "guidance_interval": (setting.get("from", 0.0), setting.get("to", 1.0))}
 
 
 def main() -> None:
@@ -52,7 +57,7 @@ def main() -> None:
     ap.add_argument("--per-task", type=int, default=24)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--setting", action="append", required=True, help="e.g. cfg=3,steps=30,from=0.5")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="append one JSON line per setting here")
     args = ap.parse_args()
     settings = [parse_setting(s) for s in args.setting]
@@ -60,17 +65,14 @@ def main() -> None:
     pipe = GenerationPipeline(load_pretrained(args.model, device="cpu", dtype="float32"))
     for s in settings:
         steps, w = s.get("steps", pipe.defaults.steps), s.get("cfg", pipe.defaults.guidance_scale)
-        hook, guided = None, None
-        if "from" in s or "to" in s:  # the unconditional rows are needed even while the weight is 1
-            (w, hook), guided = guidance_interval(w, s.get("from", 0.0), s.get("to", 1.0), steps), True
 
-        def generate(prompt: str, seed: int, n: int, s=s, steps=steps, w=w, hook=hook, guided=guided) -> list:
+        def generate(prompt: str, seed: int, n: int, s=s, steps=steps, w=w) -> list:
             return list(pipe(prompt, steps=steps, guidance_scale=w, seed=seed, num_images=n,
-                             sampler=s.get("sampler", "euler"), guided=guided, callback_on_step_end=hook).images)
+                             **pipeline_kwargs(s)).images)
 
         start = time.time()
         report = run_geneval(generate, per_task=args.per_task, seed=args.seed)
-        row = {"model": args.model, "setting": s, "per_task": args.per_task, "seed": args.seed,
+        row = {"model": args.model, "setting": s, "nfe": nfe(s, steps), "per_task": args.per_task, "seed": args.seed,
                "overall": round(report["score"]["overall"], 4),
                "chance": round(report["chance_baseline"]["overall"], 4),
                "per_task_scores": {k: round(v, 4) for k, v in report["score"]["per_task"].items()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -180,3 +181,96 @@ def test_an_empty_answer_is_not_a_success(tiny_bundle, monkeypatch, capsys):
     monkeypatch.setattr(ChatPipeline, "stream", lambda self, *a, **k: iter(["a red", " circle"]))
     code, out, err = _main(capsys, "chat", "--question", "hi")
     assert code == 0 and out == "a red circle\n" and "error" not in err
+
+
+# -- generation options (issue 25) ----------------------------------------------------------------------
+
+def test_generate_with_every_option_and_the_same_keys_in_jsonl(tiny_model_dir, tmp_path):
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (80, 60), (200, 40, 40)).save(picture)
+    r = _run("generate", "--model", str(tiny_model_dir), "--prompt", "a blue circle", "--steps", "4", "--cfg", "3",
+             "--init-image", str(picture), "--strength", "0.5", "--negative-prompt", "red", "--shift", "2",
+             "--guidance-interval", "0.2", "0.8", "--guidance", "apg", "--out", str(tmp_path / "one"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["0.png"] and "2 of 4 steps" in r.stderr
+    jobs = tmp_path / "p.jsonl"
+    jobs.write_text(json.dumps({"prompt": "a square", "seed": 3, "init_image": str(picture), "strength": 0.25,
+                                "negative_prompt": "green", "shift": 3, "guidance_interval": [0, 0.5],
+                                "guidance": "cfg-zero-star"}) + "\n"
+                    + json.dumps({"prompt": "a circle", "seed": 1, "steps": 2}) + "\n")
+    r = _run("generate", "--model", str(tiny_model_dir), "--prompts-file", str(jobs), "--steps", "4",
+             "--out", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["0_0.png", "1_0.png"]
+
+
+def test_cli_options_reach_the_pipeline(tiny_bundle, monkeypatch, capsys, tmp_path):
+    from janusflow_core.pipelines import GenerationPipeline
+
+    seen = []
+    real = GenerationPipeline.__call__
+    monkeypatch.setattr(checkpoint, "load_pretrained", lambda *a, **k: tiny_bundle)
+    monkeypatch.setattr(GenerationPipeline, "__call__", lambda self, *a, **k: seen.append(k) or real(self, *a, **k))
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (40, 40), "white").save(picture)
+    code, _, err = _main(capsys, "generate", "--prompt", "a circle", "--steps", "2", "--init-image", picture,
+                         "--strength", "0.5", "--negative-prompt", "red", "--shift", "3", "--guidance-interval",
+                         "0.25", "0.75", "--guidance", "cfg-zero-star", "--out", tmp_path / "o")
+    assert code == 0, err
+    k = seen[0]
+    assert k["strength"] == 0.5 and k["negative_prompt"] == "red" and k["shift"] == 3.0
+    assert k["guidance_interval"] == (0.25, 0.75) and k["guidance"] == "cfg-zero-star"
+    assert k["init_image"].size == (40, 40)
+    seen.clear()
+    code, _, err = _main(capsys, "generate", "--prompt", "a circle", "--steps", "2", "--out", tmp_path / "p")
+    k = seen[0]  # the defaults: text-to-image, the official grid and plain CFG at every step
+    assert code == 0 and k["init_image"] is None and k["strength"] == 1.0 and k["negative_prompt"] is None
+    assert k["shift"] == 1.0 and k["guidance_interval"] == (0.0, 1.0) and k["guidance"] == "cfg"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--strength", "0"], "strength must be a number above 0 and at most 1, got '0'"),
+    (["--strength", "1.2"], "strength must be a number above 0 and at most 1, got '1.2'"),
+    (["--strength", "0.5"], "strength 0.5 needs an init image (--init-image"),
+    (["--shift", "0"], "shift must be a number from 0.1 to 10, got '0'"),
+    (["--shift", "1e6"], "shift must be a number from 0.1 to 10, got '1e6'"),
+    (["--guidance-interval", "0.9", "0.1"], "guidance_interval must be two numbers LO HI with 0 <= LO <= HI <= 1; "
+                                            "got LO 0.9 above HI 0.1"),
+    (["--guidance-interval", "0", "1.5"], "guidance_interval HI must be a number from 0 to 1, got '1.5'"),
+    (["--guidance-interval", "0.5"], "argument --guidance-interval: expected 2 arguments"),
+    (["--guidance", "pag"], "guidance must be one of cfg, cfg-zero-star, apg; got 'pag'"),
+    (["--negative-prompt", "x" * 4001], "the negative prompt is 4001 characters long; the limit is 4000"),
+    (["--init-image", "/no/such.png"], "init_image '/no/such.png': no such file"),
+])
+def test_bad_generation_options_are_refused_before_loading(tmp_path, capsys, no_load, flags, message):
+    code, _, err = _main(capsys, "generate", "--prompt", "a red circle", "--out", tmp_path / "o", *flags)
+    assert code == 2 and message in _one_error_line(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_init_image_and_bad_option_lines_are_refused_before_loading(tmp_path, capsys, no_load):
+    broken = tmp_path / "broken.png"
+    broken.write_text("this is not an image")
+    code, _, err = _main(capsys, "generate", "--prompt", "a circle", "--init-image", broken, "--out", tmp_path / "o")
+    assert code == 2 and f"init_image '{broken}' is not a readable image" in _one_error_line(err)
+    jobs = tmp_path / "p.jsonl"
+    for row, message in [({"guidance_interval": [0.7, 0.3]}, "guidance_interval must be two numbers LO HI with 0 <= "
+                                                               "LO <= HI <= 1; got LO 0.7 above HI 0.3"),
+                         ({"guidance_interval": 0.5}, "guidance_interval must be two numbers LO HI"),
+                         ({"init_image": str(broken)}, f"init_image '{broken}' is not a readable image"),
+                         ({"strength": 0}, "strength must be a number above 0 and at most 1, got 0"),
+                         ({"strength": 0.4}, "strength 0.4 needs an init image"),
+                         ({"guidance": "apg2"}, "guidance must be one of cfg, cfg-zero-star, apg; got 'apg2'")]:
+        jobs.write_text(json.dumps({"prompt": "a square", "seed": 3}) + "\n"
+                        + json.dumps({"prompt": "a circle", "seed": 1, **row}) + "\n")
+        code, _, err = _main(capsys, "generate", "--prompts-file", jobs, "--out", tmp_path / "o")
+        assert code == 2 and f"{jobs}:2: {message}" in _one_error_line(err)
+
+
+def test_a_negative_prompt_too_long_in_tokens_is_one_line(tiny_bundle, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(checkpoint, "load_pretrained", lambda *a, **k: tiny_bundle)
+    code, _, err = _main(capsys, "generate", "--prompt", "a circle", "--negative-prompt", "circle " * 500,
+                         "--out", tmp_path / "o")
+    last = err.strip().splitlines()[-1]  # after the "loaded ..." log line: the tokenizer is needed to count
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert re.fullmatch(r"error: the negative prompt is \d+ tokens; the limit is \d+\. Shorten it\.", last)

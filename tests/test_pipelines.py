@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 import threading
 
@@ -338,3 +339,205 @@ def test_fit_context_keeps_a_long_latest_message_and_refuses_one_beyond_the_cont
     with pytest.raises(InputError, match=f"the latest message is {n} tokens with its images; the model's "
                                          "context is 512 tokens, the answer included"):
         chat.fit_context(too_long, max_new_tokens=10)
+
+
+# -- options beyond the official demo (issue 25) ---------------------------------------------------------
+
+def _picture(size=48):
+    image = Image.new("RGB", (size + 20, size), (240, 240, 240))
+    image.paste((200, 30, 30), (30, 10, 50, 30))
+    return image
+
+
+def test_strength_one_is_text_to_image_bit_for_bit(gen):
+    plain = gen("a red circle", steps=5, guidance_scale=2.0, seed=3, num_images=2)
+    again = gen("a red circle", steps=5, guidance_scale=2.0, seed=3, num_images=2, init_image=_picture(),
+                strength=1.0)
+    assert torch.equal(plain.latents, again.latents) and again.steps_planned == 5
+
+
+def test_image_to_image_starts_on_the_grid_from_the_encoded_image(gen):
+    x = gen.init_latent(_picture())  # resized and centre-cropped to the generation resolution
+    assert x.shape == (1, gen.config.latent_channels, gen.config.gen_latent_size, gen.config.gen_latent_size)
+    states = list(gen.iterate("a red circle", steps=4, seed=5, num_images=2, init_image=_picture(), strength=0.5))
+    assert [s.t for s in states] == [0.5, 0.75] and states[-1].finished and states[0].num_steps == 2
+    torch.testing.assert_close(states[0].z_t, 0.5 * x + 0.5 * gen.initial_noise(5, 2), atol=0, rtol=0)
+    shifted = list(gen.iterate("a red circle", steps=4, seed=5, init_image=_picture(), strength=0.5, shift=3.0))
+    assert [s.t for s in shifted] == [0.5]  # the shifted grid's points are 0, 0.1, 0.25, 0.5: 0.5 is the last
+    tiny = list(gen.iterate("a red circle", steps=4, seed=5, init_image=_picture(), strength=0.01))
+    assert len(tiny) == 1 and tiny[0].t == 0.75  # at least one step
+
+
+def test_a_small_strength_keeps_the_init_latent_and_a_large_one_does_not(gen):
+    x = gen.init_latent(_picture())
+    small = gen("a blue square", steps=20, seed=1, init_image=_picture(), strength=0.1).latents
+    large = gen("a blue square", steps=20, seed=1, init_image=_picture(), strength=0.9).latents
+    assert (small - x).abs().mean() < 0.25 * (large - x).abs().mean()
+
+
+def _count_rows(gen, monkeypatch):
+    rows = []
+    real = gen.model.velocity
+    monkeypatch.setattr(gen.model, "velocity", lambda z, t, p: rows.append((z.shape[0], float(t[0]))) or real(z, t, p))
+    return rows
+
+
+def test_guidance_interval_full_is_cfg_and_empty_is_conditional_only(gen, monkeypatch):
+    cfg_run = gen("a red circle", steps=6, guidance_scale=3.0, seed=2, num_images=2)
+    full = gen("a red circle", steps=6, guidance_scale=3.0, seed=2, num_images=2, guidance_interval=(0.0, 1.0))
+    assert torch.equal(cfg_run.latents, full.latents)
+    conditional = gen("a red circle", steps=6, guidance_scale=1.0, seed=2, num_images=2)
+    rows = _count_rows(gen, monkeypatch)
+    none = gen("a red circle", steps=6, guidance_scale=3.0, seed=2, num_images=2, guidance_interval=(1.0, 1.0))
+    assert torch.equal(conditional.latents, none.latents) and {r for r, _ in rows} == {2}  # half the rows
+    rows.clear()
+    part = list(gen.iterate("a red circle", steps=4, guidance_scale=3.0, seed=2, num_images=2,
+                            guidance_interval=(0.5, 1.0)))
+    assert rows == [(2, 0.0), (2, 0.25), (4, 0.5), (4, 0.75)]  # CFG only for the steps starting in [0.5, 1]
+    assert [s.guidance_scale for s in part] == [3.0] * 4  # the run's weight; the interval decides where it acts
+
+
+def test_the_hook_still_changes_guidance_inside_an_interval(gen):
+    states = list(gen.iterate("a blue square", steps=4, guidance_scale=2.0, seed=5, guidance_interval=(0.0, 0.25),
+                              callback_on_step_end=lambda s: StepControl(guidance_scale=5.0)))
+    assert [s.guidance_scale for s in states] == [2.0, 5.0, 5.0, 5.0]
+    paired = gen.guided_velocity(gen.encode_prompt(*gen.prompt_rows("a blue square", 1, guided=True)), 5.0)
+    cond = gen.guided_velocity(gen.encode_prompt(*gen.prompt_rows("a blue square", 1, guided=False)), 1.0)
+    torch.testing.assert_close(states[1].velocity, paired(states[1].z_t, 0.25), atol=1e-5, rtol=0)  # t in [0, 0.25]
+    for s in states[2:]:  # outside: the conditional velocity, whatever the weight
+        torch.testing.assert_close(s.velocity, cond(s.z_t, s.t), atol=1e-5, rtol=0)
+
+
+def test_negative_prompt_changes_the_unconditional_rows_only(gen):
+    plain_tokens, plain_mask = gen.prompt_rows("a red circle left of a blue square", 2, guided=True)
+    tokens, mask = gen.prompt_rows("a red circle left of a blue square", 2, guided=True, negative_prompt="red")
+    negative = gen.bundle.processor.encode_generation_prompt("red")
+    assert torch.equal(tokens[:2], plain_tokens[:2]) and torch.equal(mask[:2], plain_mask[:2])
+    assert torch.equal(tokens[2, -len(negative):], negative) and int(mask[2].sum()) == len(negative)
+    assert int(plain_mask[2].sum()) == 1  # without it: BOS only, the official empty prompt
+    z = torch.randn(2, 4, 8, 8)
+    t_rows = torch.full((4,), 0.3)
+    v_plain = gen.model.velocity(torch.cat([z, z]), t_rows, gen.encode_prompt(plain_tokens, plain_mask))
+    v_neg = gen.model.velocity(torch.cat([z, z]), t_rows, gen.encode_prompt(tokens, mask))
+    torch.testing.assert_close(v_neg[:2], v_plain[:2], atol=1e-5, rtol=0)  # conditional rows unchanged
+    assert not torch.allclose(v_neg[2:], v_plain[2:], atol=1e-3)
+    a = gen("a circle", steps=3, seed=0, guidance_scale=3.0, negative_prompt="red").latents
+    assert not torch.allclose(a, gen("a circle", steps=3, seed=0, guidance_scale=3.0).latents, atol=1e-4)
+    assert torch.equal(gen("a circle", steps=3, seed=0, negative_prompt="  ").latents,
+                       gen("a circle", steps=3, seed=0).latents)  # blank: no negative prompt
+    # a negative prompt longer than the prompt pads the conditional rows; the unguided steps drop that padding
+    long_neg = "blurry green triangle " * 5
+    t2, m2 = gen.prompt_rows("a circle", 1, guided=True, negative_prompt=long_neg)
+    c_tokens, c_mask = gen.conditional_rows(t2, m2, 1)
+    assert torch.equal(c_tokens, gen.prompt_rows("a circle", 1, guided=False)[0]) and bool(c_mask.all())
+
+
+def test_cfg_zero_star_zeroes_the_first_step_then_uses_the_optimised_scale(gen):
+    from janusflow_core.sampling import cfg_zero_star
+
+    states = list(gen.iterate("a red circle", steps=4, guidance_scale=3.0, seed=1, guidance="cfg-zero-star"))
+    assert torch.equal(states[0].velocity, torch.zeros_like(states[0].z_t))
+    assert torch.equal(states[0].z_next, states[0].z_t)  # the first step leaves the noise as it is
+    state = gen.encode_prompt(*gen.prompt_rows("a red circle", 1, guided=True))
+    z = states[1].z_t
+    v = gen.model.velocity(torch.cat([z, z]), torch.full((2,), 0.25), state).float()
+    torch.testing.assert_close(states[1].velocity, cfg_zero_star(v[:1], v[1:], 3.0), atol=1e-6, rtol=0)
+    one = list(gen.iterate("a red circle", steps=1, guidance_scale=3.0, seed=1, guidance="cfg-zero-star"))
+    assert not torch.equal(one[0].z_next, one[0].z_t)  # a one-step grid is never zeroed
+    img = list(gen.iterate("a red circle", steps=4, seed=1, guidance="cfg-zero-star", init_image=_picture(),
+                           strength=0.5))
+    assert not torch.equal(img[0].z_next, img[0].z_t)  # image-to-image starts past the zeroed step
+
+
+def test_apg_guides_the_predicted_clean_latent_with_momentum(gen):
+    from janusflow_core.sampling import apg
+
+    states = list(gen.iterate("a red circle", steps=3, guidance_scale=3.0, seed=1, guidance="apg"))
+    cfg_states = list(gen.iterate("a red circle", steps=3, guidance_scale=3.0, seed=1))
+    torch.testing.assert_close(states[0].z_t, cfg_states[0].z_t)
+    assert not torch.allclose(states[-1].z_next, cfg_states[-1].z_next, atol=1e-4)
+    state = gen.encode_prompt(*gen.prompt_rows("a red circle", 1, guided=True))
+    previous = None
+    for s in states:  # the same rule by hand: x̂ = z + (1 - t) v for both rows, APG, back to a velocity
+        v = gen.model.velocity(torch.cat([s.z_t, s.z_t]), torch.full((2,), s.t), state).float()
+        x, previous = apg(s.z_t + (1 - s.t) * v[:1], s.z_t + (1 - s.t) * v[1:], 3.0, previous)
+        torch.testing.assert_close(s.velocity, (x - s.z_t) / (1 - s.t), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("guidance", ["cfg", "cfg-zero-star", "apg"])
+def test_every_option_runs_with_heun_and_the_hook(gen, guidance):
+    seen = []
+    result = gen("a red circle", steps=4, guidance_scale=3.0, seed=1, num_images=2, sampler="heun",
+                 guidance=guidance, shift=3.0, guidance_interval=(0.0, 0.6), negative_prompt="blue",
+                 init_image=_picture(), strength=0.8,
+                 callback_on_step_end=lambda s: seen.append(s.t) or StepControl(stop=len(seen) == 2))
+    assert result.interrupted and result.steps_done == 2 and torch.isfinite(result.latents).all()
+    assert len(result.images) == 2 and result.options.guidance == guidance
+    finished = gen("a red circle", steps=4, seed=1, sampler="heun", guidance=guidance, shift=3.0)
+    assert not finished.interrupted and torch.isfinite(finished.latents).all()
+
+
+def _garbage(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"not an image at all")
+    return path
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"strength": 0}, "strength must be a number above 0 and at most 1, got 0"),
+    ({"strength": 1.5}, "strength must be a number above 0 and at most 1, got 1.5"),
+    ({"strength": -0.2}, "strength must be a number above 0 and at most 1, got -0.2"),
+    ({"shift": 0}, "shift must be a number from 0.1 to 10, got 0"),
+    ({"shift": 50}, "shift must be a number from 0.1 to 10, got 50"),
+    ({"guidance_interval": (0.8, 0.2)}, "guidance_interval must be two numbers LO HI with 0 <= LO <= HI <= 1; got "
+                                        "LO 0.8 above HI 0.2"),
+    ({"guidance_interval": (-0.1, 1)}, "guidance_interval LO must be a number from 0 to 1, got -0.1"),
+    ({"guidance_interval": (0, 2)}, "guidance_interval HI must be a number from 0 to 1, got 2"),
+    ({"guidance_interval": 0.5}, "guidance_interval must be two numbers LO HI with 0 <= LO <= HI <= 1, got 0.5"),
+    ({"guidance": "pag"}, "guidance must be one of cfg, cfg-zero-star, apg; got 'pag'"),
+    ({"negative_prompt": 5}, "the negative prompt must be text, got 5"),
+    ({"negative_prompt": "red " * 1001}, "the negative prompt is 4004 characters long; the limit is 4000"),
+    ({"init_image": "/no/such/picture.png"}, "init_image '/no/such/picture.png': no such file"),
+    ({"init_image": 3}, "init_image must be an image or a path to one, got int"),
+])
+def test_bad_options_are_clear_errors(gen, kwargs, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        gen("a circle", steps=2, **kwargs)
+    with pytest.raises(InputError, match=re.escape(message)):
+        gen.iterate("a circle", steps=2, **kwargs)  # refused when the run is asked for
+
+
+def test_unreadable_init_image_and_overlong_negative_prompt(gen, tmp_path):
+    path = _garbage(tmp_path)
+    with pytest.raises(InputError, match=re.escape(f"init_image '{path}' is not a readable image")):
+        gen("a circle", init_image=path)
+    png = io.BytesIO()
+    Image.effect_noise((64, 64), 40).convert("RGB").save(png, format="PNG")
+    with pytest.raises(InputError, match="init_image could not be decoded as an image"):
+        gen("a circle", init_image=png.getvalue()[:200])  # truncated
+    limit = gen.prompt_token_limit
+    n = gen.count_prompt_tokens("circle " * 500)
+    with pytest.raises(InputError, match=f"the negative prompt is {n} tokens; the limit is {limit}. Shorten it."):
+        gen.iterate("a circle", negative_prompt="circle " * 500)
+
+
+@pytest.mark.slow
+def test_a_small_strength_keeps_a_world_scene_on_the_shipped_model():
+    """On the embedded shapes model a rendered scene survives strength 0.1 almost as the VAE's own round trip
+    does, and strength 1 draws a new picture."""
+    import random
+
+    from janusflow_core import load_pretrained
+    from janusflow_core.shapes.world import render, sample_scene
+
+    pipe = GenerationPipeline(load_pretrained(None, device="cpu", dtype="fp32"))
+    scene = render(sample_scene(random.Random(3)))
+    pixels = np.asarray(scene, dtype=np.float64)
+
+    def distance(image):
+        return np.abs(np.asarray(image, dtype=np.float64) - pixels).mean()
+
+    round_trip = distance(pipe.decode(pipe.init_latent(scene))[0])
+    kept = distance(pipe("a red circle", seed=0, init_image=scene, strength=0.1).images[0])
+    new = distance(pipe("a red circle", seed=0, init_image=scene, strength=1.0).images[0])
+    assert round_trip < 2 and kept < round_trip + 2 and new > 5 * kept

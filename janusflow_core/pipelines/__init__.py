@@ -1,5 +1,12 @@
-from .generate import GenerationPipeline, GenerationResult, SamplingDefaults, check_generation_inputs
+from .generate import (
+    GenerationOptions,
+    GenerationPipeline,
+    GenerationResult,
+    SamplingDefaults,
+    check_generation_inputs,
+    check_generation_options,
+)
 from .understand import ChatPipeline, check_chat_inputs, generate_tokens
 
-__all__ = ["ChatPipeline", "GenerationPipeline", "GenerationResult", "SamplingDefaults", "check_chat_inputs",
-           "check_generation_inputs", "generate_tokens"]
+__all__ = ["ChatPipeline", "GenerationOptions", "GenerationPipeline", "GenerationResult", "SamplingDefaults",
+           "check_chat_inputs", "check_generation_inputs", "check_generation_options", "generate_tokens"]

@@ -266,6 +266,23 @@ def expand_to_square(im: Image.Image, background: tuple[int, int, int]) -> Image
     return canvas
 
 
+def center_square(image: Image.Image, size: int) -> Image.Image:
+    """Shorter side resized to ``size`` (bicubic; untouched when it already is), then the middle square: how
+    an image reaches the generation resolution (fine-tuning data, image-to-image's init image)."""
+    w, h = image.size
+    if min(w, h) != size:
+        scale = size / min(w, h)
+        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+        w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def vae_pixels(image: Image.Image) -> torch.Tensor:
+    """An RGB image as the VAE's input: float32 (3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
 class ImageProcessor:
     """Callable: list of images -> float32 tensor (n, 3, S, S), exactly the official processor."""
 

@@ -247,7 +247,8 @@ def batchify(items: Sequence[Mapping[str, Any]], pad_id: int, num_image_tokens: 
 
 
 def cfg_rows(
-    prompts: torch.Tensor | Sequence[torch.Tensor], num_images: int, pad_id: int
+    prompts: torch.Tensor | Sequence[torch.Tensor], num_images: int, pad_id: int,
+    negative: torch.Tensor | Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Classifier-free-guidance rows for text-to-image (SPEC 5.1).
 
@@ -255,25 +256,32 @@ def cfg_rows(
     the R = K * num_images conditional rows come first, then their unconditional copies in the same
     order. Rows are left-padded to the longest prompt (mask 0 on pads). An unconditional row keeps only
     its first real token (BOS) and has every other position set to pad with mask 0, so BOS stays at the
-    same column as in its conditional row. Returns ``(tokens (2R, P), attention_mask (2R, P))``; the model
-    appends the t embedding and the N image positions (mask 1) itself.
+    same column as in its conditional row. With ``negative`` (a negative prompt's ids, encoded like a
+    prompt), every unconditional row is that sequence instead, and all rows are left-padded to the longest
+    of the prompts and it. Returns ``(tokens (2R, P), attention_mask (2R, P))``; the model appends the t
+    embedding and the N image positions (mask 1) itself.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     if isinstance(prompts, torch.Tensor):
         prompts = [prompts]
     seqs = [torch.as_tensor(p, dtype=torch.long) for p in prompts for _ in range(num_images)]
-    if any(s.ndim != 1 or len(s) == 0 for s in seqs):
+    neg = None if negative is None else torch.as_tensor(negative, dtype=torch.long)
+    if any(s.ndim != 1 or len(s) == 0 for s in seqs + ([neg] if neg is not None else [])):
         raise ValueError("each prompt must be a non-empty 1-D id sequence")
-    r, p = len(seqs), max(len(s) for s in seqs)
+    r, p = len(seqs), max(len(s) for s in seqs + ([neg] if neg is not None else []))
     tokens = torch.full((2 * r, p), pad_id, dtype=torch.long)
     mask = torch.zeros(2 * r, p, dtype=torch.long)
     for i, s in enumerate(seqs):
         first = p - len(s)
         tokens[i, first:] = s
         mask[i, first:] = 1
-        tokens[r + i, first] = s[0]
-        mask[r + i, first] = 1
+        if neg is None:
+            tokens[r + i, first] = s[0]
+            mask[r + i, first] = 1
+        else:
+            tokens[r + i, p - len(neg):] = neg
+            mask[r + i, p - len(neg):] = 1
     return tokens, mask
 
 
@@ -494,9 +502,11 @@ class JanusFlowProcessor:
         prompt_ids: str | torch.Tensor | Sequence[str] | Sequence[torch.Tensor],
         num_images: int = 1,
         max_length: int | None = None,
+        negative: str | torch.Tensor | Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """CFG rows ``(tokens (2R, P), attention_mask (2R, P))`` for one prompt or a list (see `cfg_rows`).
-        Strings are encoded with `encode_generation_prompt`."""
+        Strings are encoded with `encode_generation_prompt`; so is a ``negative`` prompt given as text,
+        whose rows replace the unconditional ones."""
         single = isinstance(prompt_ids, (str, torch.Tensor)) or (
             isinstance(prompt_ids, Sequence) and len(prompt_ids) > 0 and isinstance(prompt_ids[0], int)
         )
@@ -510,7 +520,9 @@ class JanusFlowProcessor:
                     "(model context minus 1 + N positions for t and the image tokens)"
                 )
             seqs.append(seq)
-        return cfg_rows(seqs, num_images, self.special_tokens.pad)
+        if isinstance(negative, str):
+            negative = self.encode_generation_prompt(negative, max_length=max_length)
+        return cfg_rows(seqs, num_images, self.special_tokens.pad, negative=negative)
 
     # ---- decoding
 

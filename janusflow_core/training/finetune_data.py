@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -41,6 +40,7 @@ from ..data_formats import (  # noqa: F401  (re-exported: the fine-tuning module
     read_gen_folder,
     read_und_file,
 )
+from ..processing.image import center_square, vae_pixels
 from ..processing.processor import JanusFlowProcessor
 from .data import answer_ids, conversation_ids, first_turn_ids, next_turn_ids
 from .losses import drop_prompts, sample_logit_normal
@@ -111,17 +111,6 @@ def check_records(gen: Sequence[GenRecord], und: Sequence[UndRecord], tokens: To
 
 # -- datasets -----------------------------------------------------------------------------------------
 
-def center_square(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side resized to ``size`` (bicubic; untouched when it already is), then the middle square."""
-    w, h = image.size
-    if min(w, h) != size:
-        scale = size / min(w, h)
-        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
-        w, h = image.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 class GenerationDataset(Dataset):
     """Item: prompt ids, the image at generation resolution as VAE input in [-1, 1] (3, S, S), and the
     image as the understanding encoder sees it (REPA target input, (3, s, s))."""
@@ -137,7 +126,7 @@ class GenerationDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image = center_square(open_rgb(self.records[i].image), self.size)
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)  # (3, S, S)
+        x = vae_pixels(image)  # (3, S, S)
         return {"ids": self.ids[i], "pixels": x, "und_pixels": self.image_processor([image])[0], "index": i}
 
 
