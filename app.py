@@ -29,10 +29,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    p.add_argument("--concurrency", type=int, default=2, help="model runs (chats + generations) at the same time")
+    p.add_argument("--concurrency", type=int, default=2, help="chats answered at the same time")
+    p.add_argument("--gen-concurrency", type=int, default=8,
+                   help="generations run at the same time, sharing each model forward (more wait in the queue)")
     args = p.parse_args(argv)
-    if not 1 <= args.concurrency <= 64:
-        p.error(f"--concurrency must be from 1 to 64, got {args.concurrency}")
+    for flag, value in (("--concurrency", args.concurrency), ("--gen-concurrency", args.gen_concurrency)):
+        if not 1 <= value <= 64:
+            p.error(f"{flag} must be from 1 to 64, got {value}")
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be from 0 to 65535, got {args.port}")
     return args
@@ -72,8 +75,8 @@ def serve(args: argparse.Namespace) -> int:
 
     engine = Engine(args.model, vae=args.vae, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit)
     demo = create_demo(engine)
-    _, url, share_url = launch(demo, host=args.host, port=args.port, share=args.share,
-                               concurrency=args.concurrency, quiet=True, prevent_thread_lock=True)
+    _, url, share_url = launch(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
+                               gen_concurrency=args.gen_concurrency, quiet=True, prevent_thread_lock=True)
     engine.start_loading()
     print(f"JanusFlow demo running on {url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
     demo.block_thread()

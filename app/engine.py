@@ -1,5 +1,8 @@
 """The lazy engine: loads the model once, on first use, and hands out the two pipelines.
 
+The generation pipeline comes with a ``VelocityBatcher``: generations running at the same time (the page's
+and the API's alike, since both call ``Loaded.generator``) share one model forward per step.
+
 Nothing heavy happens at import or construction. ``get()`` loads under a lock (a second caller waits
 for the first one's load instead of starting its own); a failed load is remembered and reported to
 every later caller instead of being retried on each click.
@@ -16,7 +19,7 @@ from pathlib import Path
 from janusflow_core import ChatPipeline, GenerationPipeline, JanusFlowBundle, load_pretrained
 from janusflow_core.bundle import DEFAULT_MODEL
 from janusflow_core.checkpoint import read_sampling
-from janusflow_core.pipelines import SamplingDefaults
+from janusflow_core.pipelines import SamplingDefaults, VelocityBatcher
 from janusflow_core.vae import LatentRGB
 
 
@@ -48,9 +51,10 @@ class EngineError(RuntimeError):
 
 class Engine:
     def __init__(self, model: str | Path | None = None, *, vae: str | Path | None = None, device: str = "auto",
-                 dtype: str = "auto", load_8bit: bool = False,
+                 dtype: str = "auto", load_8bit: bool = False, batching: bool = True,
                  loader: Callable[..., JanusFlowBundle] = load_pretrained):
         self.model = model
+        self.batching = batching  # concurrent generations share each forward (pipelines/batching.py)
         self.options = {"vae": vae, "device": device, "dtype": dtype, "load_8bit": load_8bit}
         self._loader = loader
         self._lock = threading.Lock()
@@ -97,8 +101,10 @@ class Engine:
                 start = time.perf_counter()
                 try:
                     bundle = self._loader(self.model, **self.options)
-                    self._loaded = Loaded(bundle, ChatPipeline(bundle), GenerationPipeline(bundle),
-                                          time.perf_counter() - start)
+                    generator = GenerationPipeline(bundle)
+                    if self.batching:  # every caller of the generator (page, API) shares the one batcher
+                        generator.batcher = VelocityBatcher(bundle.model)
+                    self._loaded = Loaded(bundle, ChatPipeline(bundle), generator, time.perf_counter() - start)
                 except Exception as exc:  # shown in the UI; the app keeps serving its pages
                     self._error = f"{type(exc).__name__}: {exc}"
                 finally:

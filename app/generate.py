@@ -1,17 +1,21 @@
-"""Generation tab handlers: run the sampler and show every step's preview, then the final images.
+"""Generation tab handlers: run the sampler at full speed and show its newest step at a display rate.
 
 ``GenerationPipeline.iterate`` checks the request and yields one StepState per solver step (Stop ends the
 run through the pipeline's step callback; the last state's ``result`` is the final latent, finished or
-stopped). Each state is decoded for display and sent to the page at once: the predicted clean image x̂1 or
-the noisy z_t through the VAE (``GenerationPipeline.preview``), or x̂1 through the fitted linear
-latent-to-RGB map (``LatentRGB``, approximate, nearly free). Previews travel at the model's resolution; the
-page enlarges them.
+stopped). The steps are computed in a thread of their own (``background.SamplerThread``), whose forwards
+the engine's batcher shares with the other runs in progress; the handler streams the newest step to the page
+whenever there is a newer one (the status line counts the steps), and about every ``preview_interval``
+seconds (longer when decoding is slow or busy) it decodes the newest step for display: the predicted clean
+image x̂1 or the noisy z_t through the VAE (``GenerationPipeline.preview``), or x̂1 through the fitted linear
+latent-to-RGB map (``LatentRGB``, approximate, nearly free). Steps it had no time to show are dropped, never
+queued. Previews travel at the model's resolution; the page enlarges them.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +27,7 @@ from janusflow_core.limits import SEED, check_choice
 from janusflow_core.sampling import StepState, stop_when
 from janusflow_core.vae import to_pil
 
+from .background import SamplerThread
 from .components import refusals, refuse
 from .display import grid
 from .engine import Engine, EngineError, Loaded
@@ -36,6 +41,8 @@ FIELD_NAMES = {"prompt": "The prompt", "steps": "Steps", "guidance_scale": "CFG"
                "seed": "Seed", "sampler": "Sampler"}  # the pipeline's refusals name fields by the page's labels
 
 Output = tuple[Any, str, Any]  # (preview image, status line, gallery)
+PREVIEW_INTERVAL_S = 0.1  # at most 10 previews a second per run
+PREVIEW_COST_SHARE = 0.4  # and a run's preview decoding (waiting included) takes at most this share of its time
 
 
 def random_seed() -> int:
@@ -50,9 +57,11 @@ def preview_images(loaded: Loaded, state: StepState, mode: str) -> list[Image.Im
 
 
 class GenerateHandlers:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, preview_interval: float = PREVIEW_INTERVAL_S):
         self.engine = engine
         self.runs = Runs("generation")
+        self.preview_interval = preview_interval
+        self._preview_lock = threading.Lock()  # one preview decode at a time, whatever the number of runs
 
     def token_line(self, prompt: Any) -> str:
         """What the prompt box shows under it: the prompt's length in tokens against the model's limit."""
@@ -68,11 +77,12 @@ class GenerateHandlers:
 
     def run(self, prompt: str, cfg: float, steps: int, seed: int, num_images: int, sampler: str, preview: str,
             request: gr.Request) -> Iterator[Output]:
-        """Generate images from a prompt, streaming a preview after every solver step.
+        """Generate images from a prompt, streaming the newest step as it comes.
 
-        Yields (preview, status, gallery): one yield per step with the step's preview and
-        "Step k / N", then a last one with the final images in the gallery. The pipeline checks the
-        request and owns the run; Stop reaches it through its step callback.
+        Yields (preview, status, gallery): "Step k / N" whenever the sampler has finished a step the page has
+        not seen (the newest one; faster steps are counted, not queued), with a preview of that step about
+        every ``preview_interval`` seconds (else ``gr.skip()``), then a last one with the final images in the
+        gallery. The pipeline checks the request and owns the run; Stop reaches it through its step callback.
         """
         with refusals():
             check_choice("Preview", preview, PREVIEW_MODES)  # the page's own setting; the pipeline checks the rest
@@ -90,17 +100,34 @@ class GenerateHandlers:
                 states = pipe.iterate(prompt, steps, cfg, seed, num_images, sampler,
                                       callback_on_step_end=stop_when(run.event))
             start = time.perf_counter()
+            sampler_thread = SamplerThread(states)
             try:
-                for state in states:
-                    sheet = grid(preview_images(loaded, state, preview))
-                    status = f"Step **{state.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
-                    yield sheet, status, ([] if state.index == 0 else gr.skip())
+                state, next_preview = None, 0.0
+                while (newest := sampler_thread.newer_than(-1 if state is None else state.index)) is not None:
+                    sheet = gr.skip()
+                    if time.perf_counter() >= next_preview and not (newest.finished and sampler_thread.done):
+                        began = time.perf_counter()
+                        with self._preview_lock:
+                            newest = sampler_thread.newer_than(newest.index - 1)  # the newest after the wait
+                            sheet = grid(preview_images(loaded, newest, preview))
+                        cost = time.perf_counter() - began
+                        next_preview = time.perf_counter() + max(self.preview_interval, cost / PREVIEW_COST_SHARE)
+                    status = f"Step **{newest.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
+                    yield sheet, status, ([] if state is None else gr.skip())
+                    state = newest
+                if sampler_thread.error is not None:
+                    raise sampler_thread.error
+                if state is None:
+                    raise RuntimeError("the sampler ended before its first step")
                 images = pipe.decode(state.result)
             except (ValueError, FloatingPointError, RuntimeError) as exc:
                 raise refuse(f"Generation failed: {exc}") from None
             except Exception as exc:  # a bug: the operator gets the traceback, the user one line
                 log.exception("generation failed")
                 raise refuse(f"Generation failed ({type(exc).__name__}): {exc}") from None
+            finally:  # a page that went away stops its run at the next step end
+                run.event.set()
+                sampler_thread.join()
             seconds = time.perf_counter() - start
             settings = f"{SAMPLER_NAMES.get(sampler, sampler)}, CFG {cfg:g}, seed {seed}"
             if not state.finished:

@@ -18,13 +18,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(model: str | Path | None, *, concurrency: int = 2, preload: bool = True) -> Iterator[tuple[str, Engine]]:
+def serve(model: str | Path | None, *, concurrency: int = 2, gen_concurrency: int = 8, preload: bool = True,
+          batching: bool = True) -> Iterator[tuple[str, Engine]]:
     """Launch on 127.0.0.1 at a free port; yields (url, engine) and closes the server afterwards."""
-    engine = Engine(model, device="cpu", dtype="fp32")
+    engine = Engine(model, device="cpu", dtype="fp32", batching=batching)
     if preload:
         engine.get()
     demo = create_demo(engine)
-    _, url, _ = launch(demo, port=free_port(), concurrency=concurrency, quiet=True, prevent_thread_lock=True)
+    _, url, _ = launch(demo, port=free_port(), concurrency=concurrency, gen_concurrency=gen_concurrency, quiet=True,
+                       prevent_thread_lock=True)
     try:
         yield url, engine
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from ..bundle import DEFAULT_SAMPLING, JanusFlowBundle
 from ..modeling import PromptState
 from ..sampling import SOLVERS, StepCallback, StepState, cfg, sample
 from ..vae import to_pil
+from .batching import VelocityBatcher
 
 PARAMETERS = ("prompt", "steps", "guidance_scale", "num_images", "sampler", "seed")
 
@@ -87,6 +89,7 @@ class GenerationPipeline:
         self.bundle = bundle
         self.model = bundle.model
         self.config = bundle.config
+        self.batcher: VelocityBatcher | None = None  # concurrent runs share forwards when set
 
     @property
     def defaults(self) -> SamplingDefaults:
@@ -166,10 +169,15 @@ class GenerationPipeline:
                                  "started at guidance_scale 1); start it with guided=True to change the weight later")
             rows = torch.cat([z, z]) if paired else z  # cond and uncond rows share the latent
             t_rows = torch.full((rows.shape[0],), t, device=z.device, dtype=torch.float32)
-            v = self.model.velocity(rows, t_rows, prompt).float()
+            v = self.forward_velocity(rows, t_rows, prompt).float()
             return cfg(v[:b], v[b:], w) if paired else v
 
         return velocity
+
+    def forward_velocity(self, rows: torch.Tensor, t_rows: torch.Tensor, prompt: PromptState) -> torch.Tensor:
+        """The model's velocity for every prompt row: one forward of its own, or with :attr:`batcher` set (a
+        server sets it) a share of one forward with the other runs in progress (pipelines/batching.py)."""
+        return (self.model if self.batcher is None else self.batcher).velocity(rows, t_rows, prompt)
 
     # 5. denoise ----------------------------------------------------------------------------------------
     def iterate(self, prompt: str, steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
@@ -197,7 +205,8 @@ class GenerationPipeline:
         def field(w: float) -> Callable[[torch.Tensor, float], torch.Tensor]:  # w may come from the callback
             return self.guided_velocity(state, limits.check_number("guidance_scale", w, limits.GUIDANCE))
 
-        yield from sample(field, z0, steps, sampler, guidance_scale, callback)
+        with nullcontext() if self.batcher is None else self.batcher.running():
+            yield from sample(field, z0, steps, sampler, guidance_scale, callback)
 
     # 6. decode ----------------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
