@@ -42,6 +42,16 @@ class SamplerThread:
     def done(self) -> bool:
         return self._done
 
+    @property
+    def newest(self) -> StepState | None:
+        return self._newest
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, less if the run ends meanwhile."""
+        with self._cond:
+            if timeout > 0 and not self._done:
+                self._cond.wait_for(lambda: self._done, timeout)
+
     def newer_than(self, index: int) -> StepState | None:
         """Wait for a step after step ``index`` (0-based; -1 for the first) and return the newest one; None
         when the run ended without one (``error`` then says whether it failed)."""

@@ -17,7 +17,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -41,12 +41,37 @@ FIELD_NAMES = {"prompt": "The prompt", "steps": "Steps", "guidance_scale": "CFG"
                "seed": "Seed", "sampler": "Sampler"}  # the pipeline's refusals name fields by the page's labels
 
 Output = tuple[Any, str, Any]  # (preview image, status line, gallery)
+UPDATE_INTERVAL_S = 0.1  # at most 10 updates (status line, maybe a preview) a second per run
 PREVIEW_INTERVAL_S = 0.1  # at most 10 previews a second per run
-PREVIEW_COST_SHARE = 0.4  # and a run's preview decoding (waiting included) takes at most this share of its time
+PREVIEW_SHARE = 0.5  # all runs' preview decoding together takes at most this share of the time (one decode at once)
 
 
 def random_seed() -> int:
     return random.randint(*SEED)
+
+
+class PreviewBudget:
+    """One preview decode at a time for the whole app, and after a decode that took d seconds none for the
+    next d * (1 / share - 1) seconds: previews take at most ``share`` of one worker's time however many runs
+    want them (a run that finds the budget spent shows its status without a preview and tries again later)."""
+
+    def __init__(self, share: float = PREVIEW_SHARE):
+        self.share = share
+        self._lock = threading.Lock()
+        self._free_at = 0.0
+
+    def decode(self, make: Callable[[], Image.Image]) -> Image.Image | None:
+        """``make()`` now, or None when another decode is running or the budget is spent."""
+        if time.perf_counter() < self._free_at or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            began = time.perf_counter()
+            image = make()
+            done = time.perf_counter()
+            self._free_at = done + (done - began) * (1.0 / self.share - 1.0)
+            return image
+        finally:
+            self._lock.release()
 
 
 def preview_images(loaded: Loaded, state: StepState, mode: str) -> list[Image.Image]:
@@ -57,11 +82,13 @@ def preview_images(loaded: Loaded, state: StepState, mode: str) -> list[Image.Im
 
 
 class GenerateHandlers:
-    def __init__(self, engine: Engine, *, preview_interval: float = PREVIEW_INTERVAL_S):
+    def __init__(self, engine: Engine, *, update_interval: float = UPDATE_INTERVAL_S,
+                 preview_interval: float = PREVIEW_INTERVAL_S):
         self.engine = engine
         self.runs = Runs("generation")
+        self.update_interval = update_interval
         self.preview_interval = preview_interval
-        self._preview_lock = threading.Lock()  # one preview decode at a time, whatever the number of runs
+        self.previews = PreviewBudget()  # shared by every run of this app
 
     def token_line(self, prompt: Any) -> str:
         """What the prompt box shows under it: the prompt's length in tokens against the model's limit."""
@@ -102,21 +129,26 @@ class GenerateHandlers:
             start = time.perf_counter()
             sampler_thread = SamplerThread(states)
             try:
-                state, next_preview = None, 0.0
-                while (newest := sampler_thread.newer_than(-1 if state is None else state.index)) is not None:
-                    sheet = gr.skip()
-                    if time.perf_counter() >= next_preview and not (newest.finished and sampler_thread.done):
-                        began = time.perf_counter()
-                        with self._preview_lock:
-                            newest = sampler_thread.newer_than(newest.index - 1)  # the newest after the wait
-                            sheet = grid(preview_images(loaded, newest, preview))
-                        cost = time.perf_counter() - began
-                        next_preview = time.perf_counter() + max(self.preview_interval, cost / PREVIEW_COST_SHARE)
+                state, next_update, next_preview = None, 0.0, 0.0
+                while True:
+                    sampler_thread.wait(next_update - time.perf_counter())  # ends early when the run does
+                    if sampler_thread.done and sampler_thread.error is None:
+                        break  # the final images follow at once
+                    newest = sampler_thread.newer_than(-1 if state is None else state.index)
+                    if newest is None:
+                        break
+                    sheet = None
+                    if time.perf_counter() >= next_preview:
+                        sheet = self.previews.decode(lambda s=newest: grid(preview_images(loaded, s, preview)))
+                        if sheet is not None:
+                            next_preview = time.perf_counter() + self.preview_interval
                     status = f"Step **{newest.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
-                    yield sheet, status, ([] if state is None else gr.skip())
+                    yield (gr.skip() if sheet is None else sheet), status, ([] if state is None else gr.skip())
                     state = newest
+                    next_update = time.perf_counter() + self.update_interval
                 if sampler_thread.error is not None:
                     raise sampler_thread.error
+                state = sampler_thread.newest  # the run's last step
                 if state is None:
                     raise RuntimeError("the sampler ended before its first step")
                 images = pipe.decode(state.result)
