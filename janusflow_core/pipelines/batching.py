@@ -89,7 +89,7 @@ class VelocityBatcher:
         self._running = 0
         self._worker: threading.Thread | None = None
         self._closed = False
-        self._forward_s = 0.0  # moving average of one forward's duration
+        self._forward_s = max_wait_s  # moving average of one forward's duration (before the first: the cap)
         self._joined: tuple[tuple[PromptState, ...], PromptState] | None = None  # the last joined cache
         self.forwards = 0  # counters, for tests and benchmarks
         self.batched_rows = 0
