@@ -14,6 +14,7 @@ queued. Previews travel at the model's resolution; the page enlarges them.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -55,19 +56,20 @@ class PreviewBudget:
     next d * (1 / share - 1) seconds: previews take at most ``share`` of one worker's time however many runs
     want them (a run that finds the budget spent shows its status without a preview and tries again later)."""
 
-    def __init__(self, share: float = PREVIEW_SHARE):
+    def __init__(self, share: float = PREVIEW_SHARE, clock: Callable[[], float] = time.perf_counter):
         self.share = share
+        self._clock = clock
         self._lock = threading.Lock()
-        self._free_at = 0.0
+        self._free_at = -math.inf
 
     def decode(self, make: Callable[[], Image.Image]) -> Image.Image | None:
         """``make()`` now, or None when another decode is running or the budget is spent."""
-        if time.perf_counter() < self._free_at or not self._lock.acquire(blocking=False):
+        if self._clock() < self._free_at or not self._lock.acquire(blocking=False):
             return None
         try:
-            began = time.perf_counter()
+            began = self._clock()
             image = make()
-            done = time.perf_counter()
+            done = self._clock()
             self._free_at = done + (done - began) * (1.0 / self.share - 1.0)
             return image
         finally:
