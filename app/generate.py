@@ -43,6 +43,7 @@ FIELD_NAMES = {"prompt": "The prompt", "steps": "Steps", "guidance_scale": "CFG"
 
 Output = tuple[Any, str, Any]  # (preview image, status line, gallery)
 UPDATE_INTERVAL_S = 0.1  # at most 10 updates (status line, maybe a preview) a second per run
+UPDATES_PER_S = 20  # and at most about 20 a second for all runs together (each costs the server a few ms)
 PREVIEW_INTERVAL_S = 0.1  # at most 10 previews a second per run
 PREVIEW_SHARE = 0.5  # all runs' preview decoding together takes at most this share of the time (one decode at once)
 
@@ -91,6 +92,8 @@ class GenerateHandlers:
         self.update_interval = update_interval
         self.preview_interval = preview_interval
         self.previews = PreviewBudget()  # shared by every run of this app
+        self._streaming = 0  # runs sampling now (their updates share UPDATES_PER_S)
+        self._count_lock = threading.Lock()
 
     def token_line(self, prompt: Any) -> str:
         """What the prompt box shows under it: the prompt's length in tokens against the model's limit."""
@@ -130,6 +133,8 @@ class GenerateHandlers:
                                       callback_on_step_end=stop_when(run.event))
             start = time.perf_counter()
             sampler_thread = SamplerThread(states)
+            with self._count_lock:
+                self._streaming += 1
             try:
                 state, next_update, next_preview = None, 0.0, 0.0
                 while True:
@@ -141,13 +146,15 @@ class GenerateHandlers:
                         break
                     sheet = None
                     if time.perf_counter() >= next_preview:
+                        began = time.perf_counter()
                         sheet = self.previews.decode(lambda s=newest: grid(preview_images(loaded, s, preview)))
-                        if sheet is not None:
-                            next_preview = time.perf_counter() + self.preview_interval
+                        if sheet is not None:  # then the other runs' turns: each gets about as many
+                            turns = self._streaming * (time.perf_counter() - began) / self.previews.share
+                            next_preview = time.perf_counter() + max(self.preview_interval, turns)
                     status = f"Step **{newest.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
                     yield (gr.skip() if sheet is None else sheet), status, ([] if state is None else gr.skip())
                     state = newest
-                    next_update = time.perf_counter() + self.update_interval
+                    next_update = time.perf_counter() + max(self.update_interval, self._streaming / UPDATES_PER_S)
                 if sampler_thread.error is not None:
                     raise sampler_thread.error
                 state = sampler_thread.newest  # the run's last step
@@ -162,6 +169,8 @@ class GenerateHandlers:
             finally:  # a page that went away stops its run at the next step end
                 run.event.set()
                 sampler_thread.join()
+                with self._count_lock:
+                    self._streaming -= 1
             seconds = time.perf_counter() - start
             settings = f"{SAMPLER_NAMES.get(sampler, sampler)}, CFG {cfg:g}, seed {seed}"
             if not state.finished:

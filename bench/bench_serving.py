@@ -18,7 +18,9 @@ random model built on the fly (the header says which).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import statistics
 import tempfile
 import threading
@@ -69,13 +71,17 @@ def one_round(clients: list, steps: int, preview: str, round_index: int) -> tupl
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="model folder (default: embedded model, else a tiny random one)")
+    p.add_argument("--model", default=None, help="model folder, or 'tiny' for a tiny random model (default: the "
+                   "embedded model, else a tiny random one)")
+    p.add_argument("--out", default=None, help="also append the rows to this JSON-lines file")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=2, help="requests per client, one after another")
     p.add_argument("--preview", default="x1", choices=["x1", "x1-fast", "zt"], help="the page's default is x1")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-batching", action="store_true", help="each generation runs its own forwards")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (as app.py's --device)")
+    p.add_argument("--dtype", default="fp32", choices=["auto", "bf16", "fp16", "fp32"])
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,17 +91,18 @@ def main() -> None:
     from tools.serve import serve
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model:
+        if args.model and args.model != "tiny":
             model, label = args.model, Path(args.model).name
-        elif (DEFAULT_MODEL / "config.json").exists():
+        elif args.model is None and (DEFAULT_MODEL / "config.json").exists():
             model, label = DEFAULT_MODEL, "embedded janusflow-shapes"
         else:
             from janusflow_core.testing import make_tiny_model_dir
 
-            model, label = make_tiny_model_dir(Path(tmp) / "tiny"), "tiny random (embedded model missing)"
-        with serve(model, gen_concurrency=max(args.clients), batching=not args.no_batching) as (url, engine):
-            print(f"model: {label} · cpu fp32 · {torch.get_num_threads()} torch thread(s) · {args.steps} Euler "
-                  f"steps, CFG 2, 1 image per request, preview {args.preview} · batching "
+            model, label = make_tiny_model_dir(Path(tmp) / "tiny"), "tiny random"
+        with serve(model, gen_concurrency=max(args.clients), batching=not args.no_batching,
+                   device=args.device, dtype=args.dtype) as (url, engine):
+            print(f"model: {label} · {args.device} {args.dtype} · {torch.get_num_threads()} torch thread(s) · "
+                  f"{args.steps} Euler steps, CFG 2, 1 image per request, preview {args.preview} · batching "
                   f"{'off' if args.no_batching else 'on'} · {args.rounds} round(s) per N\n")
             clients = [Client(url, verbose=False, download_files=False) for _ in range(max(args.clients))]
             one_round(clients[:1], 3, args.preview, 0)  # warm-up
@@ -119,6 +126,18 @@ def main() -> None:
     for n, rate, mean, worst, previews, per_forward in rows:
         print(f"| {n} | {rate:.2f} | {rate / solo_rate:.2f}x | {mean:.2f} | {worst:.2f} | "
               f"{worst / solo_latency:.2f}x | {previews} | {per_forward:.1f} |")
+    if args.out:
+        with open(args.out, "a") as f:
+            for n, rate, mean, worst, previews, per_forward in rows:
+                f.write(json.dumps({"bench": "serving", "model": label, "threads": torch.get_num_threads(),
+                                    "steps": args.steps, "preview": args.preview, "batching": not args.no_batching,
+                                    "rounds": args.rounds, "clients": n, "images_per_s": round(rate, 3),
+                                    "vs_one_client": round(rate / solo_rate, 2), "mean_latency_s": round(mean, 3),
+                                    "max_latency_s": round(worst, 3), "max_vs_solo": round(worst / solo_latency, 2),
+                                    "min_previews": previews, "rows_per_forward": round(per_forward, 1),
+                                    "device": args.device, "dtype": args.dtype, "load": os.getloadavg()[0],
+                                    "cpu": platform.processor() or platform.machine()})
+                        + "\n")
     print("\nimages/s = all images / wall time of the rounds; max / solo = the slowest request against the mean "
           "latency of one client alone; min previews = the fewest distinct previews one request received.")
 

@@ -19,9 +19,9 @@ def free_port() -> int:
 
 @contextmanager
 def serve(model: str | Path | None, *, concurrency: int = 2, gen_concurrency: int = 8, preload: bool = True,
-          batching: bool = True) -> Iterator[tuple[str, Engine]]:
+          batching: bool = True, device: str = "cpu", dtype: str = "fp32") -> Iterator[tuple[str, Engine]]:
     """Launch on 127.0.0.1 at a free port; yields (url, engine) and closes the server afterwards."""
-    engine = Engine(model, device="cpu", dtype="fp32", batching=batching)
+    engine = Engine(model, device=device, dtype=dtype, batching=batching)
     if preload:
         engine.get()
     demo = create_demo(engine)
