@@ -86,13 +86,14 @@ def preview_images(loaded: Loaded, state: StepState, mode: str) -> list[Image.Im
 
 class GenerateHandlers:
     def __init__(self, engine: Engine, *, update_interval: float = UPDATE_INTERVAL_S,
-                 preview_interval: float = PREVIEW_INTERVAL_S):
+                 preview_interval: float = PREVIEW_INTERVAL_S, updates_per_s: float = UPDATES_PER_S):
         self.engine = engine
         self.runs = Runs("generation")
         self.update_interval = update_interval
+        self.updates_per_s = updates_per_s
         self.preview_interval = preview_interval
         self.previews = PreviewBudget()  # shared by every run of this app
-        self._streaming = 0  # runs sampling now (their updates share UPDATES_PER_S)
+        self._streaming = 0  # runs sampling now (their updates share updates_per_s)
         self._count_lock = threading.Lock()
 
     def token_line(self, prompt: Any) -> str:
@@ -150,11 +151,11 @@ class GenerateHandlers:
                         sheet = self.previews.decode(lambda s=newest: grid(preview_images(loaded, s, preview)))
                         if sheet is not None:  # then the other runs' turns: each gets about as many
                             turns = self._streaming * (time.perf_counter() - began) / self.previews.share
-                            next_preview = time.perf_counter() + max(self.preview_interval, turns)
+                            next_preview = began + max(self.preview_interval, turns)
                     status = f"Step **{newest.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
                     yield (gr.skip() if sheet is None else sheet), status, ([] if state is None else gr.skip())
                     state = newest
-                    next_update = time.perf_counter() + max(self.update_interval, self._streaming / UPDATES_PER_S)
+                    next_update = time.perf_counter() + max(self.update_interval, self._streaming / self.updates_per_s)
                 if sampler_thread.error is not None:
                     raise sampler_thread.error
                 state = sampler_thread.newest  # the run's last step

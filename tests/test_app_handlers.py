@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -374,7 +375,7 @@ class Gate:
 @pytest.fixture
 def stepwise(engine: Engine) -> GenerateHandlers:
     """Handlers that stream every newer step at once and preview each one (no display-rate limits)."""
-    handlers = GenerateHandlers(engine, update_interval=0.0, preview_interval=0.0)
+    handlers = GenerateHandlers(engine, update_interval=0.0, preview_interval=0.0, updates_per_s=math.inf)
     handlers.previews = PreviewBudget(share=1.0)
     return handlers
 
