@@ -1,15 +1,16 @@
 """Concurrent users through the app's real endpoint: images per second and latencies for N clients.
 
-The app is launched in-process on a free port (``tools.serve``, as the tests do) with generation batching
-on; for each N in ``--clients`` that many ``gradio_client`` clients (one session each, like N browser tabs)
-call ``/generate`` at the same moment, ``--rounds`` times in a row, each with its own prompt and seed and
-the page's default preview mode. Printed per N: images per second (all clients' images over the wall time),
-its ratio to N = 1, and each request's latency (submit to final images) as mean and maximum, the maximum
-also against the mean latency at N = 1 (a client's wait compared with being served alone). The batcher's
-counters say how many rows one forward carried on average.
+The app is launched in-process on a free port (``tools.serve``, as the tests do); for each N in
+``--clients`` that many ``gradio_client`` clients (one session each, like N browser tabs) call
+``/generate`` at the same moment, each with its own prompt and seed and the page's default preview mode.
+The rounds are interleaved (round r runs every N, with batching on and, with ``--compare``, off: the
+engine's batcher is switched off in between), so that a change in a shared machine's load hits every
+figure alike. Printed per N: images per second (N over the median wall time of a round), its ratio to one
+client, the median and maximum latency of a request (submit to final images), the maximum against the
+median latency of one client alone, the fewest previews a request got, and the rows one forward carried.
 
-    python -m bench.bench_serving [--model DIR] [--clients 1 2 4 8] [--steps 30] [--rounds 2] [--threads N]
-        [--no-batching] [--preview x1]
+    python -m bench.bench_serving [--model DIR|tiny] [--clients 1 2 4 8] [--steps 30] [--rounds 3] [--threads N]
+        [--no-batching | --compare] [--preview x1] [--device cpu] [--dtype fp32] [--out FILE.jsonl]
 
 Without ``--model`` it uses the embedded model (assets/janusflow-shapes) or, when that is missing, a tiny
 random model built on the fly (the header says which).
@@ -76,10 +77,11 @@ def main() -> None:
     p.add_argument("--out", default=None, help="also append the rows to this JSON-lines file")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--rounds", type=int, default=2, help="requests per client, one after another")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per N (figures are medians over them)")
     p.add_argument("--preview", default="x1", choices=["x1", "x1-fast", "zt"], help="the page's default is x1")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-batching", action="store_true", help="each generation runs its own forwards")
+    p.add_argument("--compare", action="store_true", help="measure with and without batching, interleaved")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (as app.py's --device)")
     p.add_argument("--dtype", default="fp32", choices=["auto", "bf16", "fp16", "fp32"])
     args = p.parse_args()
@@ -99,47 +101,66 @@ def main() -> None:
             from janusflow_core.testing import make_tiny_model_dir
 
             model, label = make_tiny_model_dir(Path(tmp) / "tiny"), "tiny random"
-        with serve(model, gen_concurrency=max(args.clients), batching=not args.no_batching,
-                   device=args.device, dtype=args.dtype) as (url, engine):
+        with serve(model, gen_concurrency=max(args.clients), device=args.device, dtype=args.dtype) as (url, engine):
+            modes = [True, False] if args.compare else [not args.no_batching]
             print(f"model: {label} · {args.device} {args.dtype} · {torch.get_num_threads()} torch thread(s) · "
                   f"{args.steps} Euler steps, CFG 2, 1 image per request, preview {args.preview} · batching "
-                  f"{'off' if args.no_batching else 'on'} · {args.rounds} round(s) per N\n")
+                  f"{' and '.join('on' if m else 'off' for m in modes)} · {args.rounds} round(s), "
+                  f"interleaved\n")
             clients = [Client(url, verbose=False, download_files=False) for _ in range(max(args.clients))]
+            generator = engine.get().generator
+            batcher = generator.batcher
             one_round(clients[:1], 3, args.preview, 0)  # warm-up
-            batcher = engine.get().generator.batcher
-            rows = []
-            for n in args.clients:
-                forwards0, rows0 = (batcher.forwards, batcher.batched_rows) if batcher else (0, 0)
-                walls, latencies, previews = [], [], []
-                for r in range(args.rounds):
-                    wall, lat, prev = one_round(clients[:n], args.steps, args.preview, r + 1)
-                    walls.append(wall)
-                    latencies += lat
-                    previews += prev
-                per_forward = ((batcher.batched_rows - rows0) / max(1, batcher.forwards - forwards0)) if batcher else 2
-                rows.append((n, n * args.rounds / sum(walls), statistics.mean(latencies), max(latencies),
-                             min(previews), per_forward))
-    solo_rate, solo_latency = rows[0][1], rows[0][2]
-    print("| clients | images/s | vs 1 client | mean latency s | max latency s | max / solo | min previews "
-          "| rows per forward |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for n, rate, mean, worst, previews, per_forward in rows:
-        print(f"| {n} | {rate:.2f} | {rate / solo_rate:.2f}x | {mean:.2f} | {worst:.2f} | "
-              f"{worst / solo_latency:.2f}x | {previews} | {per_forward:.1f} |")
+            walls: dict = {}
+            latencies: dict = {}
+            previews: dict = {}
+            shared: dict = {}
+            for r in range(args.rounds):  # interleaved, so that a change in the machine's load hits all alike
+                for batching in modes:
+                    generator.batcher = batcher if batching else None
+                    for n in args.clients:
+                        forwards0, rows0 = batcher.forwards, batcher.batched_rows
+                        wall, lat, prev = one_round(clients[:n], args.steps, args.preview, r + 1)
+                        key = (batching, n)
+                        walls.setdefault(key, []).append(wall)
+                        latencies.setdefault(key, []).extend(lat)
+                        previews.setdefault(key, []).extend(prev)
+                        done = shared.get(key, (0, 0))
+                        shared[key] = (done[0] + batcher.forwards - forwards0, done[1] + batcher.batched_rows - rows0)
+            generator.batcher = batcher
+    rows = []
+    for batching in modes:
+        solo = (batching, args.clients[0])
+        solo_rate = args.clients[0] / statistics.median(walls[solo])
+        solo_latency = statistics.median(latencies[solo])
+        for n in args.clients:
+            key = (batching, n)
+            rate = n / statistics.median(walls[key])
+            forwards, batched = shared[key]
+            rows.append({"batching": batching, "clients": n, "images_per_s": round(rate, 3),
+                         "vs_one_client": round(rate / solo_rate, 2),
+                         "median_latency_s": round(statistics.median(latencies[key]), 3),
+                         "max_latency_s": round(max(latencies[key]), 3),
+                         "max_vs_solo": round(max(latencies[key]) / solo_latency, 2),
+                         "min_previews": min(previews[key]),
+                         "rows_per_forward": round(batched / forwards, 1) if batching and forwards else 2.0})
+    print("| batching | clients | images/s | vs 1 client | median latency s | max latency s | max / solo | "
+          "min previews | rows per forward |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(f"| {'on' if row['batching'] else 'off'} | {row['clients']} | {row['images_per_s']:.2f} | "
+              f"{row['vs_one_client']:.2f}x | {row['median_latency_s']:.2f} | {row['max_latency_s']:.2f} | "
+              f"{row['max_vs_solo']:.2f}x | {row['min_previews']} | {row['rows_per_forward']:.1f} |")
     if args.out:
         with open(args.out, "a") as f:
-            for n, rate, mean, worst, previews, per_forward in rows:
+            for row in rows:
                 f.write(json.dumps({"bench": "serving", "model": label, "threads": torch.get_num_threads(),
-                                    "steps": args.steps, "preview": args.preview, "batching": not args.no_batching,
-                                    "rounds": args.rounds, "clients": n, "images_per_s": round(rate, 3),
-                                    "vs_one_client": round(rate / solo_rate, 2), "mean_latency_s": round(mean, 3),
-                                    "max_latency_s": round(worst, 3), "max_vs_solo": round(worst / solo_latency, 2),
-                                    "min_previews": previews, "rows_per_forward": round(per_forward, 1),
+                                    "steps": args.steps, "preview": args.preview, "rounds": args.rounds, **row,
                                     "device": args.device, "dtype": args.dtype, "load": os.getloadavg()[0],
-                                    "cpu": platform.processor() or platform.machine()})
-                        + "\n")
-    print("\nimages/s = all images / wall time of the rounds; max / solo = the slowest request against the mean "
-          "latency of one client alone; min previews = the fewest distinct previews one request received.")
+                                    "cpu": platform.processor() or platform.machine()}) + "\n")
+    print("\nimages/s = clients / median wall time of a round (all clients at once, one image each); max / solo = "
+          "the slowest request against the median latency of one client alone; min previews = the fewest "
+          "distinct previews one request received; rows per forward = the batcher's average.")
 
 
 if __name__ == "__main__":
