@@ -53,28 +53,41 @@ def random_seed() -> int:
 
 
 class PreviewBudget:
-    """One preview decode at a time for the whole app, and after a decode that took d seconds none for the
-    next d * (1 / share - 1) seconds: previews take at most ``share`` of one worker's time however many runs
-    want them (a run that finds the budget spent shows its status without a preview and tries again later)."""
+    """App-wide rationing of preview decodes: one at a time; after a decode that took d seconds, none for the
+    next d * (1 / share - 1) seconds (previews take at most ``share`` of one worker's time however many runs
+    want them); and when several runs ask, the one that has waited longest for a preview goes first (each
+    asks at its updates; a run refused shows its status without a preview and asks again at the next)."""
 
     def __init__(self, share: float = PREVIEW_SHARE, clock: Callable[[], float] = time.perf_counter):
         self.share = share
         self._clock = clock
-        self._lock = threading.Lock()
+        self._guard = threading.Lock()
+        self._busy = False
         self._free_at = -math.inf
+        self._asking: dict[object, float] = {}  # run -> when it last had a preview (or started)
 
-    def decode(self, make: Callable[[], Image.Image]) -> Image.Image | None:
-        """``make()`` now, or None when another decode is running or the budget is spent."""
-        if self._clock() < self._free_at or not self._lock.acquire(blocking=False):
-            return None
+    def decode(self, run: object, since: float, make: Callable[[], Image.Image]) -> Image.Image | None:
+        """``make()`` now for ``run`` (which last had a preview at ``since``), or None when another decode is
+        running, the budget is resting, or a run that has waited longer is asking too."""
+        with self._guard:
+            self._asking[run] = since
+            if self._busy or self._clock() < self._free_at or min(self._asking, key=self._asking.get) is not run:
+                return None
+            del self._asking[run]
+            self._busy = True
+        began = self._clock()
         try:
-            began = self._clock()
-            image = make()
-            done = self._clock()
-            self._free_at = done + (done - began) * (1.0 / self.share - 1.0)
-            return image
+            return make()
         finally:
-            self._lock.release()
+            done = self._clock()
+            with self._guard:
+                self._busy = False
+                self._free_at = done + (done - began) * (1.0 / self.share - 1.0)
+
+    def forget(self, run: object) -> None:
+        """The run has ended: it no longer asks."""
+        with self._guard:
+            self._asking.pop(run, None)
 
 
 def preview_images(loaded: Loaded, state: StepState, mode: str) -> list[Image.Image]:
@@ -137,7 +150,7 @@ class GenerateHandlers:
             with self._count_lock:
                 self._streaming += 1
             try:
-                state, next_update, next_preview = None, 0.0, 0.0
+                state, next_update, next_preview, last_preview = None, 0.0, 0.0, start
                 while True:
                     sampler_thread.wait(next_update - time.perf_counter())  # ends early when the run does
                     if sampler_thread.done and sampler_thread.error is None:
@@ -148,10 +161,10 @@ class GenerateHandlers:
                     sheet = None
                     if time.perf_counter() >= next_preview:
                         began = time.perf_counter()
-                        sheet = self.previews.decode(lambda s=newest: grid(preview_images(loaded, s, preview)))
-                        if sheet is not None:  # then the other runs' turns: each gets about as many
-                            turns = self._streaming * (time.perf_counter() - began) / self.previews.share
-                            next_preview = began + max(self.preview_interval, turns)
+                        sheet = self.previews.decode(id(run), last_preview,
+                                                     lambda s=newest: grid(preview_images(loaded, s, preview)))
+                        if sheet is not None:
+                            next_preview, last_preview = began + self.preview_interval, began
                     status = f"Step **{newest.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
                     yield (gr.skip() if sheet is None else sheet), status, ([] if state is None else gr.skip())
                     state = newest
@@ -170,6 +183,7 @@ class GenerateHandlers:
             finally:  # a page that went away stops its run at the next step end
                 run.event.set()
                 sampler_thread.join()
+                self.previews.forget(id(run))
                 with self._count_lock:
                     self._streaming -= 1
             seconds = time.perf_counter() - start

@@ -449,7 +449,7 @@ def test_preview_modes_show_x1_zt_or_the_fast_approximation(stepwise, engine):
     assert len(finals) == 1  # the preview never changes the result
 
 
-def test_the_preview_budget_is_shared_and_rests_after_each_decode():
+def test_the_preview_budget_is_shared_rests_after_each_decode_and_serves_the_longest_waiting_run_first():
     now = [100.0]
     budget = PreviewBudget(share=0.25, clock=lambda: now[0])
     inside, release = threading.Event(), threading.Event()
@@ -458,18 +458,22 @@ def test_the_preview_budget_is_shared_and_rests_after_each_decode():
         inside.set()
         release.wait(10)
         now[0] += 2.0
-        return "first"
+        return "a"
 
-    first = threading.Thread(target=budget.decode, args=(slow,))
+    first = threading.Thread(target=budget.decode, args=("A", 0.0, slow))
     first.start()
     inside.wait(10)
-    assert budget.decode(lambda: "second") is None  # one decode at a time: another run shows no preview
+    assert budget.decode("B", 50.0, lambda: "b") is None  # one decode at a time: B shows no preview now
     release.set()
     first.join()
     now[0] += 5.9  # 2 s of decoding at a share of 1/4: 6 s of rest
-    assert budget.decode(lambda: "third") is None
+    assert budget.decode("C", 90.0, lambda: "c") is None
     now[0] += 0.2
-    assert budget.decode(lambda: "fourth") == "fourth"
+    assert budget.decode("C", 90.0, lambda: "c") is None  # free again, but B has waited longer
+    assert budget.decode("B", 50.0, lambda: "b") == "b"
+    budget.forget("C")  # C ended: D is not kept waiting for it
+    now[0] += 100.0
+    assert budget.decode("D", 99.0, lambda: "d") == "d"
 
 
 def test_latent_rgb_is_exact_for_a_linear_decoder():
