@@ -33,7 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     p.add_argument("--concurrency", type=int, default=2,
-                   help="model runs (chats + generations, the page's and the API's) at the same time")
+                   help="chats answered at the same time (the page's and the API's)")
+    p.add_argument("--gen-concurrency", type=int, default=8,
+                   help="generations run at the same time, the page's and the API's, sharing each model forward "
+                        "(more wait in the queue)")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help=f"require 'Authorization: Bearer KEY' on the OpenAI-compatible API under /v1 (default: "
                         f"${KEY_ENV} if set, else the API is open like the page)")
@@ -42,8 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.api_key = os.environ.get(KEY_ENV) or None
     elif not args.api_key.strip():
         p.error("--api-key must not be empty")
-    if not 1 <= args.concurrency <= 64:
-        p.error(f"--concurrency must be from 1 to 64, got {args.concurrency}")
+    for flag, value in (("--concurrency", args.concurrency), ("--gen-concurrency", args.gen_concurrency)):
+        if not 1 <= value <= 64:
+            p.error(f"{flag} must be from 1 to 64, got {value}")
     if not 0 <= args.port <= 65535:
         p.error(f"--port must be from 0 to 65535, got {args.port}")
     return args
@@ -83,11 +87,12 @@ def serve(args: argparse.Namespace) -> int:
     from app.openai_api import OpenAIAPI
 
     engine = Engine(args.model, vae=args.vae, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit,
-                    concurrency=args.concurrency)
+                    concurrency=args.concurrency, gen_concurrency=args.gen_concurrency)
     demo = create_demo(engine)
     api = OpenAIAPI(engine, api_key=args.api_key)
-    _, url, share_url = launch(demo, host=args.host, port=args.port, share=args.share,
-                               concurrency=args.concurrency, quiet=True, prevent_thread_lock=True, api=api.router)
+    _, url, share_url = launch(demo, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
+                               gen_concurrency=args.gen_concurrency, quiet=True, prevent_thread_lock=True,
+                               api=api.router)
     engine.start_loading()
     print(f"JanusFlow demo running on {url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
     print(f"OpenAI-compatible API on {url.rstrip('/')}/v1" + (" (API key required)" if api.api_key else ""),

@@ -1,9 +1,13 @@
 """The lazy engine: loads the model once, on first use, and hands out the two pipelines.
 
+The generation pipeline comes with a ``VelocityBatcher``: generations running at the same time (the page's
+and the API's alike, since both call ``Loaded.generator``) share one model forward per step.
+
 Nothing heavy happens at import or construction. ``get()`` loads under a lock (a second caller waits
 for the first one's load instead of starting its own); a failed load is remembered and reported to
-every later caller instead of being retried on each click. ``model_slot()`` is the one limit on model runs
-at once (``--concurrency``): the page's chats and generations and the OpenAI-compatible API all hold one.
+every later caller instead of being retried on each click. ``model_slot(kind)`` is the one limit on model runs
+at once, the page's and the OpenAI-compatible API's alike: ``--concurrency`` chats (each decodes on its own)
+and ``--gen-concurrency`` generations (they share each forward through the batcher).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from janusflow_core import ChatPipeline, GenerationPipeline, JanusFlowBundle, load_pretrained
 from janusflow_core.bundle import DEFAULT_MODEL
 from janusflow_core.checkpoint import read_sampling
-from janusflow_core.pipelines import SamplingDefaults
+from janusflow_core.pipelines import SamplingDefaults, VelocityBatcher
 from janusflow_core.vae import LatentRGB
 
 
@@ -50,11 +54,13 @@ class EngineError(RuntimeError):
 
 class Engine:
     def __init__(self, model: str | Path | None = None, *, vae: str | Path | None = None, device: str = "auto",
-                 dtype: str = "auto", load_8bit: bool = False, concurrency: int = 2,
-                 loader: Callable[..., JanusFlowBundle] = load_pretrained):
+                 dtype: str = "auto", load_8bit: bool = False, concurrency: int = 2, gen_concurrency: int = 8,
+                 batching: bool = True, loader: Callable[..., JanusFlowBundle] = load_pretrained):
         self.model = model
-        self.concurrency = concurrency
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self.concurrency, self.gen_concurrency = concurrency, gen_concurrency
+        self._slots = {"chat": threading.BoundedSemaphore(concurrency),
+                       "generation": threading.BoundedSemaphore(gen_concurrency)}
+        self.batching = batching  # concurrent generations share each forward (pipelines/batching.py)
         self.options = {"vae": vae, "device": device, "dtype": dtype, "load_8bit": load_8bit}
         self._loader = loader
         self._lock = threading.Lock()
@@ -106,8 +112,10 @@ class Engine:
                 start = time.perf_counter()
                 try:
                     bundle = self._loader(self.model, **self.options)
-                    self._loaded = Loaded(bundle, ChatPipeline(bundle), GenerationPipeline(bundle),
-                                          time.perf_counter() - start)
+                    generator = GenerationPipeline(bundle)
+                    if self.batching:  # every caller of the generator (page, API) shares the one batcher
+                        generator.batcher = VelocityBatcher(bundle.model)
+                    self._loaded = Loaded(bundle, ChatPipeline(bundle), generator, time.perf_counter() - start)
                 except Exception as exc:  # shown in the UI; the app keeps serving its pages
                     self._error = f"{type(exc).__name__}: {exc}"
                 finally:
@@ -130,20 +138,23 @@ class Engine:
 
     # -- the limit on model runs at once --------------------------------------------------------------
     @contextmanager
-    def model_slot(self, cancelled: threading.Event | None = None, poll_s: float = 0.1) -> Iterator[bool]:
-        """Hold one of the ``concurrency`` model runs while the block runs (waiting for one if all are taken).
+    def model_slot(self, cancelled: threading.Event | None = None, poll_s: float = 0.1,
+                   kind: str = "chat") -> Iterator[bool]:
+        """Hold one of the model runs of ``kind`` ("chat": ``concurrency`` of them, "generation":
+        ``gen_concurrency``) while the block runs, waiting for one if all are taken.
 
         Yields True once a run is held; False, holding nothing, when ``cancelled`` is set while waiting (a
         client that went away gives up its place in the line).
         """
-        while not self._slots.acquire(timeout=poll_s):
+        slots = self._slots[kind]
+        while not slots.acquire(timeout=poll_s):
             if cancelled is not None and cancelled.is_set():
                 yield False
                 return
         try:
             yield True
         finally:
-            self._slots.release()
+            slots.release()
 
     # -- status line ------------------------------------------------------------------------------------
     def status(self) -> str:

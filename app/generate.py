@@ -1,19 +1,24 @@
-"""Generation tab handlers: run the sampler and show every step's preview, then the final images.
+"""Generation tab handlers: run the sampler at full speed and show its newest step at a display rate.
 
 ``GenerationPipeline.iterate`` checks the request and yields one StepState per solver step (Stop ends the
 run through the pipeline's step callback; the last state's ``result`` is the final latent, finished or
-stopped). Each state is decoded for display and sent to the page at once: the predicted clean image x̂1 or
-the noisy z_t through the VAE (``GenerationPipeline.preview``), or x̂1 through the fitted linear
-latent-to-RGB map (``LatentRGB``, approximate, nearly free). Previews travel at the model's resolution; the
-page enlarges them.
+stopped). The steps are computed in a thread of their own (``background.SamplerThread``), whose forwards
+the engine's batcher shares with the other runs in progress; the handler streams the newest step to the page
+whenever there is a newer one (the status line counts the steps), and about every ``preview_interval``
+seconds (longer when decoding is slow or busy) it decodes the newest step for display: the predicted clean
+image x̂1 or the noisy z_t through the VAE (``GenerationPipeline.preview``), or x̂1 through the fitted linear
+latent-to-RGB map (``LatentRGB``, approximate, nearly free). Steps it had no time to show are dropped, never
+queued. Previews travel at the model's resolution; the page enlarges them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -23,6 +28,7 @@ from janusflow_core.limits import SEED, check_choice
 from janusflow_core.sampling import StepState, stop_when
 from janusflow_core.vae import to_pil
 
+from .background import SamplerThread
 from .components import refusals, refuse
 from .display import grid
 from .engine import Engine, EngineError, Loaded
@@ -36,10 +42,52 @@ FIELD_NAMES = {"prompt": "The prompt", "steps": "Steps", "guidance_scale": "CFG"
                "seed": "Seed", "sampler": "Sampler"}  # the pipeline's refusals name fields by the page's labels
 
 Output = tuple[Any, str, Any]  # (preview image, status line, gallery)
+UPDATE_INTERVAL_S = 0.1  # at most 10 updates (status line, maybe a preview) a second per run
+UPDATES_PER_S = 20  # and at most about 20 a second for all runs together (each costs the server a few ms)
+PREVIEW_INTERVAL_S = 0.1  # at most 10 previews a second per run
+PREVIEW_SHARE = 0.5  # all runs' preview decoding together takes at most this share of the time (one decode at once)
 
 
 def random_seed() -> int:
     return random.randint(*SEED)
+
+
+class PreviewBudget:
+    """App-wide rationing of preview decodes: one at a time; after a decode that took d seconds, none for the
+    next d * (1 / share - 1) seconds (previews take at most ``share`` of one worker's time however many runs
+    want them); and when several runs ask, the one that has waited longest for a preview goes first (each
+    asks at its updates; a run refused shows its status without a preview and asks again at the next)."""
+
+    def __init__(self, share: float = PREVIEW_SHARE, clock: Callable[[], float] = time.perf_counter):
+        self.share = share
+        self._clock = clock
+        self._guard = threading.Lock()
+        self._busy = False
+        self._free_at = -math.inf
+        self._asking: dict[object, float] = {}  # run -> when it last had a preview (or started)
+
+    def decode(self, run: object, since: float, make: Callable[[], Image.Image]) -> Image.Image | None:
+        """``make()`` now for ``run`` (which last had a preview at ``since``), or None when another decode is
+        running, the budget is resting, or a run that has waited longer is asking too."""
+        with self._guard:
+            self._asking[run] = since
+            if self._busy or self._clock() < self._free_at or min(self._asking, key=self._asking.get) is not run:
+                return None
+            del self._asking[run]
+            self._busy = True
+        began = self._clock()
+        try:
+            return make()
+        finally:
+            done = self._clock()
+            with self._guard:
+                self._busy = False
+                self._free_at = done + (done - began) * (1.0 / self.share - 1.0)
+
+    def forget(self, run: object) -> None:
+        """The run has ended: it no longer asks."""
+        with self._guard:
+            self._asking.pop(run, None)
 
 
 def preview_images(loaded: Loaded, state: StepState, mode: str) -> list[Image.Image]:
@@ -50,9 +98,16 @@ def preview_images(loaded: Loaded, state: StepState, mode: str) -> list[Image.Im
 
 
 class GenerateHandlers:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, update_interval: float = UPDATE_INTERVAL_S,
+                 preview_interval: float = PREVIEW_INTERVAL_S, updates_per_s: float = UPDATES_PER_S):
         self.engine = engine
         self.runs = Runs("generation")
+        self.update_interval = update_interval
+        self.updates_per_s = updates_per_s
+        self.preview_interval = preview_interval
+        self.previews = PreviewBudget()  # shared by every run of this app
+        self._streaming = 0  # runs sampling now (their updates share updates_per_s)
+        self._count_lock = threading.Lock()
 
     def token_line(self, prompt: Any) -> str:
         """What the prompt box shows under it: the prompt's length in tokens against the model's limit."""
@@ -68,15 +123,17 @@ class GenerateHandlers:
 
     def run(self, prompt: str, cfg: float, steps: int, seed: int, num_images: int, sampler: str, preview: str,
             request: gr.Request) -> Iterator[Output]:
-        """Generate images from a prompt, streaming a preview after every solver step.
+        """Generate images from a prompt, streaming the newest step as it comes.
 
-        Yields (preview, status, gallery): one yield per step with the step's preview and
-        "Step k / N", then a last one with the final images in the gallery. The pipeline checks the
-        request and owns the run; Stop reaches it through its step callback.
+        Yields (preview, status, gallery): "Step k / N" whenever the sampler has finished a step the page has
+        not seen (the newest one; faster steps are counted, not queued), with a preview of that step about
+        every ``preview_interval`` seconds (else ``gr.skip()``), then a last one with the final images in the
+        gallery. The pipeline checks the request and owns the run; Stop reaches it through its step callback.
         """
         with refusals():
             check_choice("Preview", preview, PREVIEW_MODES)  # the page's own setting; the pipeline checks the rest
-        with self.runs.start(session_id(request)) as run, self.engine.model_slot(run.event) as held:
+        with (self.runs.start(session_id(request)) as run,
+              self.engine.model_slot(run.event, kind="generation") as held):
             if not held:  # stopped while waiting for a free model run
                 return
             if self.engine.state != "ready":
@@ -92,17 +149,46 @@ class GenerateHandlers:
                 states = pipe.iterate(prompt, steps, cfg, seed, num_images, sampler,
                                       callback_on_step_end=stop_when(run.event))
             start = time.perf_counter()
+            sampler_thread = SamplerThread(states)
+            with self._count_lock:
+                self._streaming += 1
             try:
-                for state in states:
-                    sheet = grid(preview_images(loaded, state, preview))
-                    status = f"Step **{state.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
-                    yield sheet, status, ([] if state.index == 0 else gr.skip())
+                state, next_update, next_preview, last_preview = None, 0.0, 0.0, start
+                while True:
+                    sampler_thread.wait(next_update - time.perf_counter())  # ends early when the run does
+                    if sampler_thread.done and sampler_thread.error is None:
+                        break  # the final images follow at once
+                    newest = sampler_thread.newer_than(-1 if state is None else state.index)
+                    if newest is None:
+                        break
+                    sheet = None
+                    if time.perf_counter() >= next_preview:
+                        began = time.perf_counter()
+                        sheet = self.previews.decode(id(run), last_preview,
+                                                     lambda s=newest: grid(preview_images(loaded, s, preview)))
+                        if sheet is not None:
+                            next_preview, last_preview = began + self.preview_interval, began
+                    status = f"Step **{newest.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
+                    yield (gr.skip() if sheet is None else sheet), status, ([] if state is None else gr.skip())
+                    state = newest
+                    next_update = time.perf_counter() + max(self.update_interval, self._streaming / self.updates_per_s)
+                if sampler_thread.error is not None:
+                    raise sampler_thread.error
+                state = sampler_thread.newest  # the run's last step
+                if state is None:
+                    raise RuntimeError("the sampler ended before its first step")
                 images = pipe.decode(state.result)
             except (ValueError, FloatingPointError, RuntimeError) as exc:
                 raise refuse(f"Generation failed: {exc}") from None
             except Exception as exc:  # a bug: the operator gets the traceback, the user one line
                 log.exception("generation failed")
                 raise refuse(f"Generation failed ({type(exc).__name__}): {exc}") from None
+            finally:  # a page that went away stops its run at the next step end
+                run.event.set()
+                sampler_thread.join()
+                self.previews.forget(id(run))
+                with self._count_lock:
+                    self._streaming -= 1
             seconds = time.perf_counter() - start
             settings = f"{SAMPLER_NAMES.get(sampler, sampler)}, CFG {cfg:g}, seed {seed}"
             if not state.finished:

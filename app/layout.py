@@ -38,7 +38,8 @@ from .inputs import MAX_UPLOAD, check_text
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 PROMPT_EXAMPLES = ["a green triangle", "three squares", "a circle above a triangle",
                    "a blue circle and a yellow square", "a square left of a circle"]
-MODEL_QUEUE = "model"  # chat and generation share one concurrency limit
+MODEL_QUEUE = "model"  # chats: --concurrency at a time
+GENERATION_QUEUE = "generation"  # generations: --gen-concurrency at a time, sharing each forward (the batcher)
 KEYS = "Enter sends · Shift+Enter: new line"  # the prompt box and the message box alike
 PRIVATE = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
 
@@ -199,7 +200,7 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
 
         go = locked_run([run.click, prompt.submit], gen.run,
                         [prompt, cfg, steps, gen_seed, num_images, sampler, preview_mode], [preview, progress, gallery],
-                        lock=[run, prompt], status=progress, api_name="generate", concurrency_id=MODEL_QUEUE)
+                        lock=[run, prompt], status=progress, api_name="generate", concurrency_id=GENERATION_QUEUE)
         stop_gen.click(gen.stop, None, None, api_name="stop_generate", queue=False)
         dice.click(gen.randomise, None, gen_seed, api_name="random_seed", queue=False)
         prompt.change(gen.token_line, prompt, prompt_tokens, trigger_mode="always_last", **PRIVATE)
@@ -229,15 +230,20 @@ def refuse_short_calls(demo: gr.Blocks) -> None:
 
 
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
-           concurrency: int = 2, quiet: bool = False, api: APIRouter | None = None,
+           concurrency: int = 2, gen_concurrency: int = 8, quiet: bool = False, api: APIRouter | None = None,
            **kwargs: Any) -> tuple[Any, str, str | None]:
-    """Queue (``concurrency`` model runs at once) and serve; returns gradio's (app, local URL, share URL).
+    """Queue and serve; returns gradio's (app, local URL, share URL). ``concurrency`` chats run at once (each
+    decodes on its own), and ``gen_concurrency`` generations (they share each model forward, so more of them
+    at once raise the images per second; the rest wait in the queue).
 
     ``api``'s routes (the OpenAI-compatible API, ``OpenAIAPI.router``) are served by the same server, on the
     same host and port; they are in place before it starts answering.
     """
     if api is not None:
         kwargs["app_kwargs"] = {**kwargs.get("app_kwargs", {}), "routes": list(api.routes)}
+    for fn in demo.fns.values():
+        if fn.concurrency_id == GENERATION_QUEUE:
+            fn.concurrency_limit = gen_concurrency
     demo.queue(default_concurrency_limit=concurrency)
     return demo.launch(server_name=host, server_port=port, share=share, quiet=quiet, theme=THEME, css=CSS,
                        allowed_paths=[str(EXAMPLES_DIR)], max_file_size=MAX_UPLOAD, footer_links=["api"],

@@ -3,8 +3,9 @@
 ``GET /v1/models``, ``POST /v1/chat/completions`` (streamed as server-sent events or not) and
 ``POST /v1/images/generations``. The handlers call the same pipelines as the page, the same way: chat through
 ``ChatPipeline.stream``, images through ``GenerationPipeline.check_inputs`` / ``iterate`` / ``decode`` as the
-Generate tab's handler does; each run holds one of the engine's model runs (``Engine.model_slot``, the
-``--concurrency`` limit the page's runs hold too). A run works in its own thread and hands its pieces to the
+Generate tab's handler does; each run holds one of the engine's model runs (``Engine.model_slot``: the
+``--concurrency`` chats and ``--gen-concurrency`` generations the page's runs hold too, so API and page
+generations share the batcher's forwards). A run works in its own thread and hands its pieces to the
 request's event loop; a client that goes away sets the run's stop event (the chat stops within a token, a
 generation after the current step). Requests are checked in ``openai_models.py``; every refusal has OpenAI's
 error shape, and a failure of the server's own is a logged 500.
@@ -81,8 +82,10 @@ class Run:
     """``work(emit, stop)`` in a thread of its own, holding one model run; what it emits, its result or its
     exception reach the request's event loop through a queue."""
 
-    def __init__(self, engine: Engine, work: Callable[[Callable[[Any], None], threading.Event], Any]):
+    def __init__(self, engine: Engine, work: Callable[[Callable[[Any], None], threading.Event], Any],
+                 kind: str = "chat"):
         self.stop = threading.Event()
+        self.kind = kind
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         threading.Thread(target=self._run, args=(engine, work), name="janusflow-api-run", daemon=True).start()
@@ -95,7 +98,7 @@ class Run:
 
     def _run(self, engine: Engine, work: Callable[..., Any]) -> None:
         try:
-            with engine.model_slot(self.stop) as held:
+            with engine.model_slot(self.stop, kind=self.kind) as held:
                 outcome = ("done", work(lambda item: self._put("item", item), self.stop) if held else None)
         except BaseException as exc:  # handed to the request, which answers it
             outcome = ("error", exc)
@@ -371,7 +374,7 @@ class OpenAIAPI:
             return pipe.decode(last.result) if last is not None and last.finished else None
 
         images = None
-        async for kind, value in Run(self.engine, work).events(request):
+        async for kind, value in Run(self.engine, work, kind="generation").events(request):
             if kind == "error":
                 raise self._failed(value, "generation")
             images = value

@@ -43,6 +43,7 @@ def run(argv: list[str]) -> int:
 @pytest.mark.parametrize("argv, expected", [
     (["--port", "99999"], "--port must be from 0 to 65535, got 99999"),
     (["--concurrency", "0"], "--concurrency must be from 1 to 64"),
+    (["--gen-concurrency", "65"], "--gen-concurrency must be from 1 to 64, got 65"),
     (["--model", "/no/such/folder"], "--model '/no/such/folder' is neither an existing folder nor a hub id"),
     (["--vae", "./missing-vae"], "--vae './missing-vae' is neither an existing folder nor a hub id"),
     (["--model", "app.py"], "is a file; pass the folder"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -13,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
 from helpers_images import huge_png_header, truncated_png
@@ -23,7 +25,7 @@ from PIL import Image
 from app import Engine, EngineError, create_demo
 from app.chat import ChatHandlers
 from app.display import grid
-from app.generate import GenerateHandlers
+from app.generate import GenerateHandlers, PreviewBudget
 from janusflow_core import GenerationPipeline
 from janusflow_core.pipelines import SamplingDefaults
 from janusflow_core.vae import LatentRGB, to_pil
@@ -111,7 +113,7 @@ def test_generation_waits_for_a_loading_model_and_says_so(tiny_model_dir):
     engine = Engine(tiny_model_dir, device="cpu", dtype="fp32")
     outputs = list(GenerateHandlers(engine).run("a circle", 2.0, 2, 0, 1, "euler", "x1", session("s")))
     assert outputs[0] == (gr.skip(), "Loading the model …", gr.skip())
-    assert len(outputs) == 4 and "Done" in outputs[-1][1]
+    assert all("Step" in o[1] for o in outputs[1:-1]) and "Done" in outputs[-1][1]
 
 
 def test_background_loading(tiny_model_dir, tmp_path):
@@ -337,23 +339,105 @@ def run_gen(gen, prompt="a red circle", cfg=2.0, steps=5, seed=3, num_images=2, 
     return list(gen.run(prompt, cfg, steps, seed, num_images, sampler, preview, session(sid)))
 
 
-def test_generation_previews_every_step_then_fills_the_gallery(gen, engine):
-    outputs = run_gen(gen, steps=5, num_images=2)
-    assert len(outputs) == 6
-    for k, (image, status, gallery) in enumerate(outputs[:-1]):
+class Gate:
+    """Every LLM forward waits for a permit: the test decides how far the sampler (in its own thread) may run.
+    The first forward of a run encodes the prompt; each Euler step then takes one."""
+
+    def __init__(self, engine: Engine):
+        self._permits = threading.Semaphore(0)
+        self._cond = threading.Condition()
+        self.entered = 0
+        self._handle = engine.get().generator.model.language_model.model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *_):
+        with self._cond:
+            self.entered += 1
+            self._cond.notify_all()
+        self._permits.acquire()
+
+    def release(self, n: int = 1) -> None:
+        for _ in range(n):
+            self._permits.release()
+
+    def wait_entered(self, n: int) -> None:
+        """Until the n-th forward has started (so every step before it has been published)."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.entered >= n, timeout=60)
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._handle.remove()
+        self.release(10_000)
+
+
+@pytest.fixture
+def stepwise(engine: Engine) -> GenerateHandlers:
+    """Handlers that stream every newer step at once and preview each one (no display-rate limits)."""
+    handlers = GenerateHandlers(engine, update_interval=0.0, preview_interval=0.0, updates_per_s=math.inf)
+    handlers.previews = PreviewBudget(share=1.0)
+    return handlers
+
+
+def step_of(status: str) -> int:
+    return int(status.split("Step **")[1].split(" / ")[0])
+
+
+def test_the_status_counts_every_step_and_each_preview_shows_the_step_it_names(stepwise, engine):
+    pipe = engine.get().generator
+    states = list(pipe.iterate("a red circle", 5, 2.0, 3, 2, "euler"))
+    with Gate(engine) as gate:
+        run = stepwise.run("a red circle", 2.0, 5, 3, 2, "euler", "x1", session("steps"))
+        gate.release(2)  # the prompt, then step 1
+        outputs = []
+        for _ in range(4):  # the sampler waits for the next permit, so the newest step is the one after the last
+            outputs.append(next(run))
+            gate.release(1)
+        outputs += list(run)
+    for k, (image, status, gallery) in enumerate(outputs[:4]):
         assert f"Step **{k + 1} / 5**" in status
         assert isinstance(image, Image.Image) and image.size == (2 * 32 + 1, 32)  # 2 tiles, model resolution
+        assert image.tobytes() == grid(pipe.preview(states[k], "x1")).tobytes()
         assert gallery == ([] if k == 0 else gr.skip())  # cleared once, then left alone until the end
-    previews = [o[0].tobytes() for o in outputs[:-1]]
-    assert len(set(previews)) == 5  # every step shows something new
     _, status, gallery = outputs[-1]
     assert "2 image(s)" in status and [c for _, c in gallery] == ["seed 3", "seed 4"]
     direct = GenerationPipeline(engine.get().bundle)("a red circle", steps=5, guidance_scale=2.0, seed=3, num_images=2)
     assert [im.tobytes() for im, _ in gallery] == [im.tobytes() for im in direct.images]
 
 
-def test_preview_modes_show_x1_zt_or_the_fast_approximation(gen, engine):
-    runs = {mode: run_gen(gen, steps=3, num_images=1, preview=mode) for mode in ("x1", "zt", "x1-fast")}
+def test_the_page_gets_the_newest_step_never_a_queue_of_old_ones(stepwise, engine):
+    pipe = engine.get().generator
+    states = list(pipe.iterate("a red circle", 20, 2.0, 3, 1, "euler"))
+    with Gate(engine) as gate:
+        run = stepwise.run("a red circle", 2.0, 20, 3, 1, "euler", "x1", session("newest"))
+        gate.release(2)
+        assert step_of(next(run)[1]) == 1
+        gate.release(8)  # steps 2 to 9 run while the page is busy elsewhere
+        gate.wait_entered(11)  # step 10 waits: step 9 is the newest
+        image, status, _ = next(run)
+        assert step_of(status) == 9 and image.tobytes() == grid(pipe.preview(states[8], "x1")).tobytes()
+        gate.release(10_000)
+        rest = list(run)
+    assert "Done" in rest[-1][1] and [step_of(o[1]) for o in rest[:-1]] == sorted({step_of(o[1]) for o in rest[:-1]})
+
+
+def test_with_the_default_display_rate_a_fast_run_sends_fewer_updates_than_steps(gen):
+    outputs = run_gen(gen, steps=60, num_images=1)  # the tiny model runs 60 steps in well under 6 s on any CPU
+    assert "Done" in outputs[-1][1] and len(outputs) < 61
+    steps = [step_of(o[1]) for o in outputs[:-1]]
+    assert steps == sorted(set(steps))  # increasing, each update the newest step then
+
+
+def test_preview_modes_show_x1_zt_or_the_fast_approximation(stepwise, engine):
+    runs = {}
+    for mode in ("x1", "zt", "x1-fast"):
+        with Gate(engine) as gate:
+            run = stepwise.run("a red circle", 2.0, 3, 3, 1, "euler", mode, session("modes"))
+            gate.release(2)
+            first = next(run)
+            gate.release(10_000)
+            runs[mode] = [first, *run]
     pipe = GenerationPipeline(engine.get().bundle)
     first = next(pipe.iterate("a red circle", 3, 2.0, 3, 1, "euler"))
     assert runs["x1"][0][0].tobytes() == grid(pipe.preview(first, "x1")).tobytes()
@@ -363,6 +447,33 @@ def test_preview_modes_show_x1_zt_or_the_fast_approximation(gen, engine):
     assert len({r[0][0].tobytes() for r in runs.values()}) == 3
     finals = {r[-1][2][0][0].tobytes() for r in runs.values()}
     assert len(finals) == 1  # the preview never changes the result
+
+
+def test_the_preview_budget_is_shared_rests_after_each_decode_and_serves_the_longest_waiting_run_first():
+    now = [100.0]
+    budget = PreviewBudget(share=0.25, clock=lambda: now[0])
+    inside, release = threading.Event(), threading.Event()
+
+    def slow():  # a decode that takes 2 s of the fake clock
+        inside.set()
+        release.wait(10)
+        now[0] += 2.0
+        return "a"
+
+    first = threading.Thread(target=budget.decode, args=("A", 0.0, slow))
+    first.start()
+    inside.wait(10)
+    assert budget.decode("B", 50.0, lambda: "b") is None  # one decode at a time: B shows no preview now
+    release.set()
+    first.join()
+    now[0] += 5.9  # 2 s of decoding at a share of 1/4: 6 s of rest
+    assert budget.decode("C", 90.0, lambda: "c") is None
+    now[0] += 0.2
+    assert budget.decode("C", 90.0, lambda: "c") is None  # free again, but B has waited longer
+    assert budget.decode("B", 50.0, lambda: "b") == "b"
+    budget.forget("C")  # C ended: D is not kept waiting for it
+    now[0] += 100.0
+    assert budget.decode("D", 99.0, lambda: "d") == "d"
 
 
 def test_latent_rgb_is_exact_for_a_linear_decoder():
@@ -394,16 +505,61 @@ def test_heun_is_a_different_sampler(gen):
     assert "Heun" in heun[1] and euler[2][0][0].tobytes() != heun[2][0][0].tobytes()
 
 
-def test_stop_keeps_the_last_preview_and_reports_the_step(gen):
-    run = gen.run("a red circle", 2.0, 20, 3, 1, "euler", "x1", session("stop-gen"))
-    next(run)
-    next(run)
-    gen.stop(session("stop-gen"))
-    rest = list(run)
-    assert len(rest) == 1
-    image, status, gallery = rest[0]
-    assert image == gr.skip() and "Stopped at step **2 / 20**" in status  # the step-2 preview stays on screen
-    assert gallery[0][1] == "seed 3 · stopped at step 2"
+def test_stop_ends_the_run_at_the_sampler_s_next_step_end_and_reports_it(stepwise, engine):
+    with Gate(engine) as gate:
+        run = stepwise.run("a red circle", 2.0, 20, 3, 1, "euler", "x1", session("stop-gen"))
+        gate.release(2)  # the prompt and step 1 (the sampler starts with the run's first output)
+        assert step_of(next(run)[1]) == 1
+        gate.release(1)
+        gate.wait_entered(4)  # step 2 done, step 3 waits
+        assert step_of(next(run)[1]) == 2
+        stepwise.stop(session("stop-gen"))  # step 3 is under way: the run stops when it ends
+        gate.release(10_000)
+        rest = list(run)
+    image, status, gallery = rest[-1]
+    assert image == gr.skip() and "Stopped at step **3 / 20**" in status  # the last preview stays on screen
+    assert gallery[0][1] == "seed 3 · stopped at step 3"
+
+
+def test_a_refused_request_leaves_a_run_in_progress_untouched(stepwise, gen, engine):
+    with Gate(engine) as gate:
+        run = stepwise.run("a red circle", 2.0, 6, 3, 1, "euler", "x1", session("good"))
+        gate.release(2)
+        next(run)
+        with pytest.raises(gr.Error, match="CFG must be a number"):
+            run_gen(gen, cfg=11.0, sid="bad")
+        gate.release(10_000)
+        final = list(run)[-1]
+    direct = GenerationPipeline(engine.get().bundle)("a red circle", steps=6, guidance_scale=2.0, seed=3)
+    assert final[2][0][0].tobytes() == direct.images[0].tobytes()
+
+
+def test_concurrent_sessions_share_forwards_and_each_gets_its_solo_images(gen, engine):
+    loaded = engine.get()
+    requests = [("a red circle", 2.0, 8, 1, 1, "euler"), ("three squares left of a big triangle", 3.0, 6, 2, 2, "heun"),
+                ("x", 1.0, 7, 3, 1, "euler")]
+    solo = [GenerationPipeline(loaded.bundle)(p, steps=s, guidance_scale=w, seed=seed, num_images=n, sampler=smp)
+            for p, w, s, seed, n, smp in requests]
+    forwards = loaded.generator.batcher.forwards
+    out: dict = {}
+    start = threading.Barrier(len(requests))
+
+    def user(i):
+        start.wait()
+        out[i] = run_gen(gen, *requests[i], preview="x1-fast", sid=f"together-{i}")[-1]
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    evaluations = 8 + 2 * 6 + 7
+    assert loaded.generator.batcher.forwards - forwards < evaluations  # some forwards carried several runs
+    for i, expected in enumerate(solo):
+        images = [im for im, _ in out[i][2]]
+        assert len(images) == len(expected.images)
+        for a, b in zip(images, expected.images):  # the stated bound: at most 1/255 per pixel
+            assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
 
 
 def test_seeds_decide_the_images(gen):
@@ -471,7 +627,7 @@ def test_generation_busy_session_is_refused(gen):
     with pytest.raises(gr.Error, match="generation is already running"):
         run_gen(gen, sid="gbusy")
     run.close()
-    assert len(run_gen(gen, sid="gbusy", steps=2, num_images=1)) == 3
+    assert "Done" in run_gen(gen, sid="gbusy", steps=2, num_images=1)[-1][1]  # the session is free again
 
 
 # -- display -------------------------------------------------------------------------------------------------
@@ -566,7 +722,7 @@ def test_an_unexpected_error_mid_stream_is_one_line_for_the_user_and_a_traceback
         assert refusal_of(next, run) == "Generation failed (KeyError): 'latent cache'"
     assert caplog.records[-1].exc_info[0] is KeyError and caplog.records[-1].name == "app.generate"
     monkeypatch.setattr(loaded.generator, "iterate", real)
-    assert len(run_gen(gen, sid="bug", steps=1, num_images=1)) == 2  # the session is free again
+    assert "Done" in run_gen(gen, sid="bug", steps=1, num_images=1)[-1][1]  # the session is free again
 
     def breaks_while_answering(*args, **kwargs):
         yield "a"
@@ -587,14 +743,15 @@ def refusal_of(fn, *args, **kwargs) -> str:
 
 @pytest.mark.parametrize("kind", ["chat", "generate"])
 def test_page_runs_hold_one_of_the_engines_model_runs(tiny_model_dir, kind):
-    engine = Engine(tiny_model_dir, device="cpu", dtype="fp32", concurrency=1)
+    engine = Engine(tiny_model_dir, device="cpu", dtype="fp32", concurrency=1, gen_concurrency=1)
     engine.get()
     handlers = ChatHandlers(engine) if kind == "chat" else GenerateHandlers(engine)
+    slot = "chat" if kind == "chat" else "generation"
     outputs: list = []
     call = ((lambda: handlers.submit({"text": "hi", "files": []}, 0.0, 0.9, 2, 0, [], session("busy")))
             if kind == "chat" else (lambda: handlers.run("a red circle", 2.0, 2, 1, 1, "euler", "x1-fast",
                                                           session("busy"))))
-    with engine.model_slot():  # the only run is taken (by an API request, say)
+    with engine.model_slot(kind=slot):  # the only run of its kind is taken (by an API request, say)
         worker = threading.Thread(target=lambda: outputs.extend(call()))
         worker.start()
         worker.join(0.5)
@@ -605,3 +762,12 @@ def test_page_runs_hold_one_of_the_engines_model_runs(tiny_model_dir, kind):
     outputs.clear()
     outputs.extend(call())  # with the run free again, the page's runs go ahead
     assert outputs
+
+
+def test_chats_and_generations_hold_runs_of_their_own_kind(tiny_model_dir):
+    engine = Engine(tiny_model_dir, device="cpu", dtype="fp32", concurrency=1, gen_concurrency=1)
+    engine.get()
+    with engine.model_slot(kind="chat"):  # every chat run taken: a generation still goes ahead (and back)
+        assert list(GenerateHandlers(engine).run("a red circle", 2.0, 2, 1, 1, "euler", "x1-fast", session("g")))
+        with engine.model_slot(kind="generation"):
+            pass

@@ -37,6 +37,9 @@ class PromptState:
     embeds: torch.Tensor  # (R, P, D)
     attention_mask: torch.Tensor  # (R, P) long
     cache: DynamicCache | None = None
+    # (R,) the position of each row's next token, for rows of prompts of different lengths padded into one
+    # cache (janusflow_core.pipelines.batching); None: every row continues at P
+    next_position: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:
@@ -45,6 +48,12 @@ class PromptState:
     @property
     def length(self) -> int:
         return self.embeds.shape[1]
+
+    def positions(self, n_new: int) -> torch.Tensor:
+        """(R, n_new) positions of ``n_new`` tokens appended after the prefix (each row's own)."""
+        start = (torch.full((self.rows,), self.length, device=self.embeds.device) if self.next_position is None
+                 else self.next_position)
+        return start[:, None] + torch.arange(n_new, device=start.device)
 
 
 class JanusFlowModel(nn.Module):
@@ -148,7 +157,7 @@ class JanusFlowModel(nn.Module):
         mask = torch.cat([prompt.attention_mask, prompt.attention_mask.new_ones(r, n_new)], dim=1)
         llm = self.language_model.model
         if prompt.cache is not None:
-            pos = torch.arange(p, p + n_new, device=self.device).expand(r, -1)
+            pos = prompt.positions(n_new)  # (R, 1 + G)
             out = llm(inputs_embeds=x, attention_mask=mask, position_ids=pos, cache=prompt.cache, use_cache=True)
             prompt.cache.crop(-n_new)  # back to the prompt prefix for the next evaluation
         else:

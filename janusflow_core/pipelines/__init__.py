@@ -1,3 +1,4 @@
+from .batching import VelocityBatcher, join_prompts
 from .generate import (
     GenerationOptions,
     GenerationPipeline,
@@ -9,4 +10,5 @@ from .generate import (
 from .understand import ChatPipeline, check_chat_inputs, generate_tokens
 
 __all__ = ["ChatPipeline", "GenerationOptions", "GenerationPipeline", "GenerationResult", "SamplingDefaults",
-           "check_chat_inputs", "check_generation_inputs", "check_generation_options", "generate_tokens"]
+           "VelocityBatcher", "check_chat_inputs", "check_generation_inputs", "check_generation_options",
+           "generate_tokens", "join_prompts"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,7 @@ from ..sampling import (
     time_grid,
 )
 from ..vae import to_pil
+from .batching import VelocityBatcher
 
 PARAMETERS = ("prompt", "steps", "guidance_scale", "num_images", "sampler", "seed", "init_image", "strength",
               "negative_prompt", "shift", "guidance_interval", "guidance")
@@ -171,6 +173,7 @@ class GenerationPipeline:
         self.bundle = bundle
         self.model = bundle.model
         self.config = bundle.config
+        self.batcher: VelocityBatcher | None = None  # concurrent runs share forwards when set
 
     @property
     def defaults(self) -> SamplingDefaults:
@@ -288,7 +291,7 @@ class GenerationPipeline:
                                  "started at guidance_scale 1); start it with guided=True to change the weight later")
             rows = torch.cat([z, z]) if paired else z  # cond and uncond rows share the latent
             t_rows = torch.full((rows.shape[0],), t, device=z.device, dtype=torch.float32)
-            v = self.model.velocity(rows, t_rows, prompt).float()
+            v = self.forward_velocity(rows, t_rows, prompt).float()
             return combine(v[:b], v[b:], z, t) if paired else v
 
         def combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, z: torch.Tensor, t: float) -> torch.Tensor:
@@ -306,6 +309,11 @@ class GenerationPipeline:
         if guidance not in GUIDANCE:
             raise ValueError(f"unknown guidance {guidance!r}; allowed: {', '.join(GUIDANCE)}")
         return velocity
+
+    def forward_velocity(self, rows: torch.Tensor, t_rows: torch.Tensor, prompt: PromptState) -> torch.Tensor:
+        """The model's velocity for every prompt row: one forward of its own, or with :attr:`batcher` set (a
+        server sets it) a share of one forward with the other runs in progress (pipelines/batching.py)."""
+        return (self.model if self.batcher is None else self.batcher).velocity(rows, t_rows, prompt)
 
     # 5. denoise ----------------------------------------------------------------------------------------
     def iterate(self, prompt: str, steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
@@ -365,7 +373,8 @@ class GenerationPipeline:
             # outside [LO, HI] the conditional rows alone; a run without unconditional rows needs w = 1
             return self.guided_velocity(conditional, 1.0 if guided else w)
 
-        yield from sample(field, z0, run, sampler, guidance_scale, callback)
+        with nullcontext() if self.batcher is None else self.batcher.running():
+            yield from sample(field, z0, run, sampler, guidance_scale, callback)
 
     # 6. decode ----------------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
