@@ -71,7 +71,7 @@ class PreviewBudget:
         running, the budget is resting, or a run that has waited longer is asking too."""
         with self._guard:
             self._asking[run] = since
-            if self._busy or self._clock() < self._free_at or min(self._asking, key=self._asking.get) is not run:
+            if self._busy or self._clock() < self._free_at or min(self._asking, key=self._asking.get) != run:
                 return None
             del self._asking[run]
             self._busy = True
