@@ -155,6 +155,8 @@ def main() -> int:
               f"| decode, fast path (the chat default) | {res['decode_tokens_per_s']:.2f} tok/s "
               f"({res['decode_fraction_of_bound']:.0%}; {res['decode_speedup']:.2f}x; same tokens: "
               f"{res['decode_same_tokens']}) |",
+              "| per token: " + ", ".join(f"{k.removesuffix('_ms')} {v:.0f} ms"
+                                         for k, v in res["decode_breakdown_per_token"].items()) + " |",
               f"| peak RSS | {res['peak_rss_GiB']:.1f} GiB |",
               f"| load average before / after | {res.get('load_before', ['-'])[0]:.2f} / "
               f"{res['load_after'][0]:.2f} |"]
@@ -212,6 +214,39 @@ def und_inputs(model: JanusFlowModel) -> tuple[torch.Tensor, ...]:
     return ids, pixels, seq_mask, emb_mask
 
 
+def decode_breakdown(model: JanusFlowModel, context: int, repeats: int = 5) -> dict[str, float]:
+    """Milliseconds per decoded token of each kind of work, from one layer's kernels times the layer count:
+    the weight matrix-vector products (and lm_head), the attention over ``context`` positions in the model's
+    dtype and in float32 (the fast path's, casts included), and the dynamic cache's concatenation."""
+    import torch.nn.functional as F
+
+    lm = model.language_model
+    layer, cfg = lm.model.layers[0], lm.config
+    n_layers, d, heads = cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads
+    dtype = model.dtype
+    x = torch.randn(1, 1, d, dtype=dtype)
+    linears = [m for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    q = torch.randn(1, heads, 1, d // heads, dtype=dtype)
+    k, v = (torch.randn(1, heads, context, d // heads, dtype=dtype) for _ in range(2))
+    new = torch.randn(1, heads, 1, d // heads, dtype=dtype)
+    with torch.inference_mode():
+        def matvecs():
+            for m in linears:
+                F.linear(x if m.in_features == d else x.new_empty(1, 1, m.in_features), m.weight)
+
+        per_layer = {
+            "matvec": timed(matvecs, repeats),
+            "attention_model_dtype": timed(lambda: F.scaled_dot_product_attention(q, k, v), repeats),
+            "attention_float32": timed(lambda: F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+                                       .to(dtype), repeats),
+            "cache_concat": timed(lambda: (torch.cat([k, new], 2), torch.cat([v, new], 2)), repeats),
+        }
+        head = timed(lambda: F.linear(x, lm.lm_head.weight), repeats)
+    out = {f"{name}_ms": 1e3 * sec * n_layers for name, sec in per_layer.items()}
+    out["matvec_ms"] += 1e3 * head
+    return out
+
+
 def decode_section(model: JanusFlowModel, args: argparse.Namespace, res: dict) -> None:
     """Greedy decode after the understanding prompt (or its first ``--decode-context`` positions), default
     and fast path, against the bandwidth bound: each token reads every decoder-layer weight, the final norm
@@ -222,6 +257,7 @@ def decode_section(model: JanusFlowModel, args: argparse.Namespace, res: dict) -
     if args.decode_context:
         embeds = embeds[:, :args.decode_context]
     res["decode_context"] = embeds.shape[1]
+    res["decode_breakdown_per_token"] = decode_breakdown(model, embeds.shape[1])
     n = args.decode_tokens + 1
     res["decode_default_tokens_per_s"], default_tokens = decode_rate(model, embeds, n, fast=False)
     res["decode_tokens_per_s"], fast_tokens = decode_rate(model, embeds, n, fast=True)
