@@ -106,12 +106,16 @@ def test_float32_attention_holds_only_for_the_calling_thread(bf16_bundle):
     assert torch.equal(seen["x"], default)
 
 
-def test_chat_pipeline_defaults_to_the_fast_path_and_can_turn_it_off(tiny_bundle):
-    assert ChatPipeline(tiny_bundle).fast_decode is True
-    slow = ChatPipeline(tiny_bundle, fast_decode=False)
-    fast = ChatPipeline(tiny_bundle)
+def test_chat_pipeline_takes_the_fast_path_on_cuda_only_unless_told(tiny_bundle, monkeypatch):
+    import janusflow_core.pipelines.understand as understand
+
+    seen = []
+    monkeypatch.setattr(understand, "float32_attention", lambda on: seen.append(on) or float32_attention(on))
     msgs = [{"role": "user", "content": QUESTIONS[2]}]
-    assert fast.chat(msgs, max_new_tokens=12) == slow.chat(msgs, max_new_tokens=12)
+    default = ChatPipeline(tiny_bundle).chat(msgs, max_new_tokens=12)  # on the CPU: the default decode
+    assert ChatPipeline(tiny_bundle, fast_decode=True).chat(msgs, max_new_tokens=12) == default
+    assert ChatPipeline(tiny_bundle, fast_decode=False).chat(msgs, max_new_tokens=12) == default
+    assert seen == [False, True, False]
 
 
 def test_static_cache_length_is_exact_on_cpu_and_bucketed_on_cuda():

@@ -4,10 +4,10 @@ The LLM decodes with transformers' ``generate`` (KV cache, greedy or temperature
 the image-filled input embeddings; a streamer hands out text pieces as they are decoded and a stop
 event ends generation within one token.
 
-The fast decode path (``fast_decode=True``, the default) runs the attention of bf16/fp16 models on the CPU
-in float32 (:mod:`janusflow_core.modeling.attention`: torch's bf16 attention is the slowest part of a decode
-step on CPUs without native bf16), and on CUDA keeps the keys and values in a static cache (preallocated
-for prompt + answer), which lets transformers compile the decode step with CUDA graphs
+The fast decode path (``fast_decode=True``; the default on CUDA, off on the CPU, where it was not measured
+faster: docs/benchmarks.md) runs the attention of bf16/fp16 models on the CPU in float32
+(:mod:`janusflow_core.modeling.attention`), and on CUDA keeps the keys and values in a static cache
+(preallocated for prompt + answer), which lets transformers compile the decode step with CUDA graphs
 (``torch.compile(mode="reduce-overhead")``). ``fast_decode=False`` is transformers' default decode (dynamic
 cache, the attention in the model's dtype). In float32 both give the same tokens; in bf16 the attention
 output may round differently in its last bit, so a near-tie between two tokens can go the other way
@@ -96,14 +96,17 @@ def static_cache_length(prompt_len: int, max_new_tokens: int, device: torch.devi
 
 
 def decode(model: Any, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, *,
-           fast_decode: bool = True, static_cache: bool | None = None, **generate_kwargs: Any) -> Any:
+           fast_decode: bool | None = None, static_cache: bool | None = None, **generate_kwargs: Any) -> Any:
     """The LLM's ``generate`` from input embeddings (B, T, D); other keywords go to ``generate``.
 
     ``fast_decode`` runs bf16/fp16 attention on the CPU in float32 and, with ``static_cache`` (default: on
     CUDA), keeps the keys and values in a preallocated static cache, which lets transformers compile the
-    decode step with CUDA graphs on CUDA (module docstring). ``fast_decode=False``: transformers' default.
+    decode step with CUDA graphs on CUDA (module docstring). ``fast_decode=False``: transformers' default;
+    None: fast on CUDA only.
     """
     lm = model.language_model
+    if fast_decode is None:
+        fast_decode = model.device.type == "cuda"
     if static_cache is None:
         static_cache = model.device.type == "cuda"
     with torch.inference_mode(), float32_attention(fast_decode):
@@ -118,10 +121,11 @@ def decode(model: Any, embeds: torch.Tensor, attention_mask: torch.Tensor, max_n
 
 def generate_tokens(bundle: JanusFlowBundle, batch: BatchedInputs, max_new_tokens: int, temperature: float = 0.0,
                     top_p: float = 1.0, streamer: Any = None, stop_event: threading.Event | None = None,
-                    output_scores: bool = False, seed: int | None = None, fast_decode: bool = True) -> Any:
+                    output_scores: bool = False, seed: int | None = None, fast_decode: bool | None = None) -> Any:
     """Run the LLM's ``generate`` on a processed batch: greedy when temperature is 0, else temperature +
     top-p sampling from a generator of this call's own (seeded with ``seed``). ``fast_decode``: the static
-    cache and float32 CPU attention of the module docstring; False is transformers' default decode."""
+    cache and float32 CPU attention of the module docstring (None: on CUDA only); False is transformers'
+    default decode."""
     model, special = bundle.model, bundle.processor.special_tokens
     batch = batch.to(model.device)
     with torch.inference_mode():
@@ -149,15 +153,15 @@ def check_chat_inputs(max_new_tokens: int, temperature: float, top_p: float,
 
 
 class ChatPipeline:
-    def __init__(self, bundle: JanusFlowBundle, fast_decode: bool = True):
+    def __init__(self, bundle: JanusFlowBundle, fast_decode: bool | None = None):
         """``fast_decode``: decode with the static cache / float32 CPU attention (see the module docstring);
-        False gives transformers' default decode."""
+        False gives transformers' default decode; None (default): fast on CUDA only."""
         if bundle.processor is None:
             raise ValueError("chat needs a processor (tokenizer + image settings); load the bundle with one")
         self.bundle = bundle
         self.processor = bundle.processor
         self.model = bundle.model
-        self.fast_decode = bool(fast_decode)
+        self.fast_decode = fast_decode
 
     def _context_limit(self) -> int:
         return self.bundle.config.llm.max_position_embeddings
