@@ -4,24 +4,30 @@ Measures, in one run so that the ratios are comparable on a noisy machine:
   * the machine's bf16 GEMM throughput (LLM-shaped matmuls) and memory bandwidth;
   * one CFG Euler step (B images, 2B rows) with the prompt KV cache and without it (the official loop);
   * the step's model-FLOPs utilisation against the measured GEMM throughput;
-  * understanding prefill (1 image + a question) and decode tokens/s against a bandwidth bound;
+  * understanding prefill (1 image + a question) and decode tokens/s against a bandwidth bound, through
+    the chat pipeline's ``decode`` with its default fast path and with ``fast_decode=False`` (transformers'
+    default decode), in the same run, so that their ratio holds whatever the machine's load;
   * peak resident memory.
 
     python -m bench.bench_core [--dtype bf16] [--images 1] [--repeats 3] [--out bench/results/core.json]
+    python -m bench.bench_core --sections decode --decode-context 64   # decode only (minutes, not an hour)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import time
 from pathlib import Path
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from janusflow_core.modeling import JanusFlowModel
+from janusflow_core.pipelines import decode
 from janusflow_core.presets import PRESETS, get_preset
 from janusflow_core.sampling import cfg
 from janusflow_core.testing import random_full_model
@@ -49,6 +55,32 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     x = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32)
     sec = timed(lambda: x.sum(), repeats, warmup=1)
     return x.numel() * 4 / sec
+
+
+class TokenClock(BaseStreamer):
+    """Records when generate hands out each token (its first put() is the prompt)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def tokens_per_s(self) -> float:
+        """Decode rate from the first to the last new token (the prefill and the first token excluded)."""
+        new = self.times[1:]
+        return (len(new) - 1) / (new[-1] - new[0])
+
+
+def decode_rate(model: JanusFlowModel, embeds: torch.Tensor, n: int, fast: bool) -> tuple[float, list[int]]:
+    """Greedy tokens/s of the chat pipeline's ``decode`` over ``n`` new tokens, and the tokens."""
+    clock = TokenClock()
+    out = decode(model, embeds, torch.ones(embeds.shape[:2], dtype=torch.long), n, fast_decode=fast,
+                 min_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None, streamer=clock)
+    return clock.tokens_per_s(), out[0].tolist()
 
 
 def build_random(dtype: torch.dtype, preset: str = "janusflow-1.3b") -> JanusFlowModel:
@@ -80,6 +112,10 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=29, help="generation prompt length (SPEC 7 used 29)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--decode-context", type=int, default=0,
+                    help="decode after the first N positions of the understanding prompt (0: all of it)")
+    ap.add_argument("--sections", default="all", choices=["all", "decode"],
+                    help="decode: bandwidth and decode only (the steps take an hour in bf16 without AMX)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/core.json"))
     args = ap.parse_args()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
@@ -90,14 +126,52 @@ def main() -> int:
     t = time.perf_counter()
     model = build_random(dtype, args.preset)
     res["build_s"] = time.perf_counter() - t
+    res["sections"] = args.sections
+    res["bandwidth_Bps"] = memory_bandwidth()
+    if args.sections == "all":
+        steps(model, args, res)
+    else:
+        res["load_before"] = os.getloadavg()
+    decode_section(model, args, res)
+    res["peak_rss_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    res["load_after"] = os.getloadavg()
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+    lines = ["| measure | value |", "|---|---|",
+             f"| memory bandwidth (streaming read) | {res['bandwidth_Bps'] / 1e9:.1f} GB/s |"]
+    if args.sections == "all":
+        lines += [f"| {args.dtype} GEMM throughput (LLM-shaped) | {res['gemm_flops'] / 1e12:.2f} TFLOP/s |",
+                  f"| CFG Euler step, {args.images} image(s), prompt cache | {res['step_cached_s']:.2f} s "
+                  f"(MFU {res['mfu_cached']:.0%}) |",
+                  f"| same step, full recompute (official loop) | {res['step_uncached_s']:.2f} s "
+                  f"(MFU {res['mfu_uncached']:.0%}) |",
+                  f"| prompt prefix, computed once | {res['prompt_prefill_s']:.3f} s |",
+                  f"| understanding prefill, {res['und_prompt_tokens']} tokens | {res['und_prefill_s']:.2f} s |"]
+    bound = res["decode_bound_tokens_per_s"]
+    lines += [f"| decode, default (fast_decode=False), {res['decode_context']} positions | "
+              f"{res['decode_default_tokens_per_s']:.2f} tok/s ({res['decode_default_fraction_of_bound']:.0%} "
+              f"of the {bound:.2f} bound) |",
+              f"| decode, fast path (the chat default) | {res['decode_tokens_per_s']:.2f} tok/s "
+              f"({res['decode_fraction_of_bound']:.0%}; {res['decode_speedup']:.2f}x; same tokens: "
+              f"{res['decode_same_tokens']}) |",
+              "| per token: " + ", ".join(f"{k.removesuffix('_ms')} {v:.0f} ms"
+                                         for k, v in res["decode_breakdown_per_token"].items()) + " |",
+              f"| peak RSS | {res['peak_rss_GiB']:.1f} GiB |",
+              f"| load average before / after | {res.get('load_before', ['-'])[0]:.2f} / "
+              f"{res['load_after'][0]:.2f} |"]
+    print("\n".join(lines))
+    return 0
+
+
+def steps(model: JanusFlowModel, args: argparse.Namespace, res: dict) -> None:
+    """The generation-step and understanding-prefill measures (an hour in bf16 on a CPU without AMX)."""
     c = model.config
     d = c.llm.hidden_size
     b, p = args.images, args.prompt_tokens
     rows = 2 * b
-
-    res["gemm_flops"] = gemm_throughput(dtype, rows * (1 + c.num_gen_tokens), d, c.llm.intermediate_size)
-    res["bandwidth_Bps"] = memory_bandwidth()
-
+    res["load_before"] = os.getloadavg()
+    res["gemm_flops"] = gemm_throughput(model.dtype, rows * (1 + c.num_gen_tokens), d, c.llm.intermediate_size)
     tokens = torch.randint(0, min(1000, c.llm.vocab_size), (rows, p))
     mask = torch.ones(rows, p, dtype=torch.long)
     mask[b:, 1:] = 0
@@ -118,52 +192,82 @@ def main() -> int:
     res["mfu_cached"] = res["step_cached_flops"] / res["step_cached_s"] / res["gemm_flops"]
     res["mfu_uncached"] = res["step_uncached_flops"] / res["step_uncached_s"] / res["gemm_flops"]
 
-    # understanding: 1 image (N + 2 positions) + ~30 text tokens, then greedy decode with the KV cache
-    n_text = 30
-    ids = torch.randint(0, min(1000, c.llm.vocab_size), (1, n_text + c.num_und_tokens + 2))
+    ids, pixels, seq_mask, emb_mask = und_inputs(model)
+    with torch.inference_mode():
+        def prefill():
+            e = model.prepare_inputs_embeds(ids, pixels, seq_mask, emb_mask)
+            return model.language_model(inputs_embeds=e, attention_mask=torch.ones_like(ids), use_cache=True,
+                                        logits_to_keep=1)
+
+        res["und_prefill_s"] = timed(prefill, args.repeats)
+    res["und_prompt_tokens"] = ids.shape[1]
+
+
+def und_inputs(model: JanusFlowModel) -> tuple[torch.Tensor, ...]:
+    """Understanding inputs: 1 image (N + 2 positions) + 30 text tokens."""
+    c = model.config
+    ids = torch.randint(0, min(1000, c.llm.vocab_size), (1, 30 + c.num_und_tokens + 2))
     seq_mask = torch.zeros_like(ids, dtype=torch.bool)
     seq_mask[0, 5:5 + c.num_und_tokens + 1] = True
     emb_mask = torch.ones(1, 1, c.num_und_tokens + 1, dtype=torch.bool)
     pixels = torch.randn(1, 1, 3, c.siglip.image_size, c.siglip.image_size)
-    attn = torch.ones_like(ids)
+    return ids, pixels, seq_mask, emb_mask
+
+
+def decode_breakdown(model: JanusFlowModel, context: int, repeats: int = 5) -> dict[str, float]:
+    """Milliseconds per decoded token of each kind of work, from one layer's kernels times the layer count:
+    the weight matrix-vector products (and lm_head), the attention over ``context`` positions in the model's
+    dtype and in float32 (the fast path's, casts included), and the dynamic cache's concatenation."""
+    import torch.nn.functional as F
+
     lm = model.language_model
+    layer, cfg = lm.model.layers[0], lm.config
+    n_layers, d, heads = cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads
+    dtype = model.dtype
+    x = torch.randn(1, 1, d, dtype=dtype)
+    linears = [m for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    q = torch.randn(1, heads, 1, d // heads, dtype=dtype)
+    k, v = (torch.randn(1, heads, context, d // heads, dtype=dtype) for _ in range(2))
+    new = torch.randn(1, heads, 1, d // heads, dtype=dtype)
     with torch.inference_mode():
-        def prefill():
-            e = model.prepare_inputs_embeds(ids, pixels, seq_mask, emb_mask)
-            return lm(inputs_embeds=e, attention_mask=attn, use_cache=True, logits_to_keep=1)
+        def matvecs():
+            for m in linears:
+                F.linear(x if m.in_features == d else x.new_empty(1, 1, m.in_features), m.weight)
 
-        res["und_prefill_s"] = timed(prefill, args.repeats)
-        res["und_prompt_tokens"] = ids.shape[1]
+        per_layer = {
+            "matvec": timed(matvecs, repeats),
+            "attention_model_dtype": timed(lambda: F.scaled_dot_product_attention(q, k, v), repeats),
+            "attention_float32": timed(lambda: F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+                                       .to(dtype), repeats),
+            "cache_concat": timed(lambda: (torch.cat([k, new], 2), torch.cat([v, new], 2)), repeats),
+        }
+        head = timed(lambda: F.linear(x, lm.lm_head.weight), repeats)
+    out = {f"{name}_ms": 1e3 * sec * n_layers for name, sec in per_layer.items()}
+    out["matvec_ms"] += 1e3 * head
+    return out
+
+
+def decode_section(model: JanusFlowModel, args: argparse.Namespace, res: dict) -> None:
+    """Greedy decode after the understanding prompt (or its first ``--decode-context`` positions), default
+    and fast path, against the bandwidth bound: each token reads every decoder-layer weight, the final norm
+    and lm_head (not the embedding table)."""
+    ids, pixels, seq_mask, emb_mask = und_inputs(model)
+    with torch.inference_mode():
         embeds = model.prepare_inputs_embeds(ids, pixels, seq_mask, emb_mask)
-
-        def decode(n):
-            return lm.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=n, min_new_tokens=n,
-                               do_sample=False, pad_token_id=0, eos_token_id=None)
-
-        t1 = timed(lambda: decode(1), 1)
-        tn = timed(lambda: decode(args.decode_tokens + 1), 1)
-    res["decode_tokens_per_s"] = args.decode_tokens / (tn - t1)
-    # bytes read per decoded token: every decoder-layer weight, the final norm and lm_head (not the embedding table)
+    if args.decode_context:
+        embeds = embeds[:, :args.decode_context]
+    res["decode_context"] = embeds.shape[1]
+    res["decode_breakdown_per_token"] = decode_breakdown(model, embeds.shape[1])
+    n = args.decode_tokens + 1
+    res["decode_default_tokens_per_s"], default_tokens = decode_rate(model, embeds, n, fast=False)
+    res["decode_tokens_per_s"], fast_tokens = decode_rate(model, embeds, n, fast=True)
+    res["decode_same_tokens"] = fast_tokens == default_tokens
+    res["decode_speedup"] = res["decode_tokens_per_s"] / res["decode_default_tokens_per_s"]
+    lm = model.language_model
     weight_bytes = sum(p.numel() * p.element_size() for n, p in lm.named_parameters() if "embed_tokens" not in n)
     res["decode_bound_tokens_per_s"] = res["bandwidth_Bps"] / weight_bytes
     res["decode_fraction_of_bound"] = res["decode_tokens_per_s"] / res["decode_bound_tokens_per_s"]
-    res["peak_rss_GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2))
-    print(f"| measure | value |\n|---|---|\n"
-          f"| {args.dtype} GEMM throughput (LLM-shaped) | {res['gemm_flops'] / 1e12:.2f} TFLOP/s |\n"
-          f"| memory bandwidth (streaming read) | {res['bandwidth_Bps'] / 1e9:.1f} GB/s |\n"
-          f"| CFG Euler step, {b} image(s), prompt cache | {res['step_cached_s']:.2f} s "
-          f"(MFU {res['mfu_cached']:.0%}) |\n"
-          f"| same step, full recompute (official loop) | {res['step_uncached_s']:.2f} s "
-          f"(MFU {res['mfu_uncached']:.0%}) |\n"
-          f"| prompt prefix, computed once | {res['prompt_prefill_s']:.3f} s |\n"
-          f"| understanding prefill, {res['und_prompt_tokens']} tokens | {res['und_prefill_s']:.2f} s |\n"
-          f"| decode | {res['decode_tokens_per_s']:.2f} tok/s (bound {res['decode_bound_tokens_per_s']:.2f}, "
-          f"{res['decode_fraction_of_bound']:.0%}) |\n"
-          f"| peak RSS | {res['peak_rss_GiB']:.1f} GiB |")
-    return 0
+    res["decode_default_fraction_of_bound"] = res["decode_default_tokens_per_s"] / res["decode_bound_tokens_per_s"]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """GPU checks of the core model at the FULL JanusFlow-1.3B architecture with random weights (no download).
 
 What only a GPU can show, in one run that writes one JSON report and prints a short summary:
+  0. goals (issue #26), bf16: chat decode tokens/s (goal >= 200), one 1-image CFG step (<= 15 ms), 30 steps
+     + VAE decode of one 384 px image (< 0.6 s), images/s at batch 1, 4 and 16; each with the fast paths
+     (static KV caches, CUDA graphs) and the default paths, and whether both give the same tokens/velocity;
   1. device: torch, CUDA and library versions, the GPU;
   2. precision: one CFG velocity evaluation (same prompt rows, latents and t) and one understanding
      prefill (image + question) in bf16 and fp16 against fp32 on the same weights: max-abs and relative
@@ -19,6 +22,9 @@ started once ``--budget-s`` seconds have passed are recorded as skipped (fp32 sp
 
     python -m bench.bench_cuda [--preset janusflow-1.3b] [--device cuda] [--out bench/results/cuda.json]
     python -m bench.bench_cuda --device cpu --preset tiny --out /tmp/cuda-smoke.json   # smoke test
+    python -m bench.bench_cuda --goals-only                                  # section 0 only (about a minute)
+
+Without a CUDA GPU, ``--device cuda`` (the default) exits at once with a message (status 2).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ try:  # the project (and diffusers, which its pipelines need): a failure here st
         JanusFlowProcessor,
         train_bpe_tokenizer,
     )
+    from janusflow_core.sampling import sample
     from janusflow_core.testing import random_full_model, toy_corpus
     from janusflow_core.vae import VAE, safe_vae_dtype
 
@@ -338,6 +345,83 @@ def speed(bundle: JanusFlowBundle, image: Image.Image, repeats: int, decode_toke
     out["chat_decode_tokens_per_s"] = (made[decode_tokens + 1] - made[1]) / (tn - t1) if tn > t1 else None
 
 
+GOALS = {"chat_decode_tokens_per_s": (">=", 200.0), "cfg_step_ms": ("<=", 15.0), "image_s": ("<", 0.6)}
+
+
+def met(name: str, value: float | None) -> bool | None:
+    if value is None:
+        return None
+    op, goal = GOALS[name]
+    return {">=": value >= goal, "<=": value <= goal, "<": value < goal}[op]
+
+
+def chat_rate(bundle: JanusFlowBundle, batch, n: int, fast: bool) -> tuple[float, list[int]]:
+    """Greedy decode tokens/s through the chat pipeline's ``generate_tokens``, timed between the first and
+    the last streamed token (prefill excluded), and the tokens."""
+    times: list[float] = []
+
+    class Clock:
+        def put(self, value: torch.Tensor) -> None:
+            times.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    ids = generate_tokens(bundle, batch, n, streamer=Clock(), fast_decode=fast)[0].tolist()
+    new = times[1:]  # the first put() is the prompt
+    return ((len(new) - 1) / (new[-1] - new[0]) if len(new) > 1 else float("nan")), ids
+
+
+def images_run(pipe: GenerationPipeline, n: int, decode: bool = True):
+    """``n`` images of PROMPT, 30 Euler steps with CFG (one batch, any n: the request limit is not applied)."""
+    tokens, mask = pipe.prompt_rows(PROMPT, n, guided=True)
+    state = pipe.encode_prompt(tokens, mask)
+    *_, last = sample(lambda w: pipe.guided_velocity(state, w), pipe.initial_noise(SEED, n), STEPS, "euler",
+                      CFG_WEIGHT, None)
+    return pipe.decode(last.result) if decode and pipe.bundle.vae is not None else last.result
+
+
+def goals(bundle: JanusFlowBundle, image: Image.Image, repeats: int, decode_tokens: int, out: dict) -> None:
+    """Section 0 for one (bf16) model: the fast paths against the default ones and the issue's goals."""
+    device, model = bundle.device, bundle.model
+    pipe = GenerationPipeline(bundle)
+    batch = chat_batch(bundle, image)
+    chat: dict[str, Any] = {}
+    for name, fast in (("default", False), ("fast", True)):
+        chat_rate(bundle, batch, decode_tokens, fast)  # warm-up (the fast path compiles here on CUDA)
+        rates = [chat_rate(bundle, batch, decode_tokens, fast) for _ in range(repeats)]
+        chat[name] = {"tokens_per_s": max(r for r, _ in rates), "tokens": rates[0][1]}
+    out["chat_decode_default_tokens_per_s"] = chat["default"]["tokens_per_s"]
+    out["chat_decode_tokens_per_s"] = chat["fast"]["tokens_per_s"]
+    out["chat_same_tokens"] = chat["fast"]["tokens"] == chat["default"]["tokens"]
+
+    tokens, mask = pipe.prompt_rows(PROMPT, 1, guided=True)
+    z = pipe.initial_noise(SEED, 1)
+    velocities = {}
+    try:
+        for name, fast in (("default", False), ("fast", True)):
+            model.static_prompt_cache = fast
+            model.compile_velocity = fast and device.type == "cuda"  # CPU smoke runs: no minutes-long compile
+            velocity = pipe.guided_velocity(pipe.encode_prompt(tokens, mask), CFG_WEIGHT)
+            velocities[name] = velocity(z, T_CHECK)
+            out[f"cfg_step_ms_{name}"] = 1e3 * timed(lambda v=velocity: z + v(z, T_CHECK) / STEPS, device,
+                                                     max(repeats, 5), warmup=3)
+        out["cfg_step_ms"] = out["cfg_step_ms_fast"]
+        out["velocity_fast_vs_default"] = compare(velocities["fast"], velocities["default"])
+        # the fast path is the default on CUDA (static prompt cache + CUDA graphs); the rest runs as shipped
+        model.static_prompt_cache = model.compile_velocity = None
+        images_run(pipe, 1)  # warm-up
+        out["image_s"] = timed(lambda: images_run(pipe, 1), device, repeats, warmup=0)
+        out["image_no_decode_s"] = timed(lambda: images_run(pipe, 1, decode=False), device, repeats, warmup=0)
+        out["images_per_s"] = {}
+        for n in (1, 4, 16):
+            images_run(pipe, n)  # warm-up (a new graph for each batch size)
+            out["images_per_s"][str(n)] = n / timed(lambda n=n: images_run(pipe, n), device, 1, warmup=0)
+    finally:
+        model.static_prompt_cache = model.compile_velocity = None
+    out["goals_met"] = {k: met(k, out.get(k)) for k in GOALS}
+
+
 def saved_as(t: torch.Tensor, save_dtype: torch.dtype, load_dtype: torch.dtype) -> torch.Tensor:
     """What a saved-then-loaded floating tensor must equal: cast to the file's dtype, then to the model's."""
     return t.to(save_dtype).to(load_dtype) if t.is_floating_point() else t
@@ -455,7 +539,26 @@ def summary(res: dict) -> str:
 
     d = res.get("device", {})
     lines = [f"device: {d.get('gpu', d.get('device'))} | torch {d.get('torch')} | CUDA {d.get('cuda')} | "
-             f"preset {res['preset']}", "",
+             f"preset {res['preset']}", ""]
+    g = res.get("goals", {})
+    if "error" in g or "skipped" in g:
+        lines += [f"goals: {g.get('error', g.get('skipped'))[:200]}", ""]
+    elif g:
+        ips, ok = g.get("images_per_s", {}), g.get("goals_met", {})
+        lines += ["| goal (bf16) | default path | fast path | goal | met |", "|---|---|---|---|---|",
+                  f"| chat decode tok/s | {f(g.get('chat_decode_default_tokens_per_s'))} | "
+                  f"{f(g.get('chat_decode_tokens_per_s'))} | >= 200 | {ok.get('chat_decode_tokens_per_s')} |",
+                  f"| 1-image CFG step ms | {f(g.get('cfg_step_ms_default'))} | {f(g.get('cfg_step_ms'))} | <= 15 | "
+                  f"{ok.get('cfg_step_ms')} |",
+                  f"| 30 steps + decode, 1 image, s | | {f(g.get('image_s'))} | < 0.6 | "
+                  f"{ok.get('image_s')} |",
+                  f"| images/s at batch 1, 4, 16 | | {', '.join(f(ips.get(k)) for k in ('1', '4', '16'))} | | |",
+                  f"same chat tokens: {g.get('chat_same_tokens')}; fast vs default velocity rel err: "
+                  f"{f(g.get('velocity_fast_vs_default', {}).get('rel_err'))}", ""]
+    if "precision" not in res:  # a --goals-only run
+        lines.append(f"total {res.get('total_s', 0):.1f} s")
+        return "\n".join(lines)
+    lines += [
              "| dtype | velocity rel err | logits rel err | last argmax | NaN/Inf | cache vs recompute |",
              "|---|---|---|---|---|---|"]
     for name, p in res.get("precision", {}).items():
@@ -506,11 +609,17 @@ def main() -> int:
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--save-dtype", default="bf16", choices=sorted(DTYPES),
                     help="dtype of the saved checkpoint (the published one is bf16)")
-    ap.add_argument("--budget-s", type=float, default=85.0, help="sections not started by then are skipped")
+    ap.add_argument("--budget-s", type=float, default=300.0, help="sections not started by then are skipped")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 on cpu, torch's on cuda)")
+    ap.add_argument("--goals-only", action="store_true", help="section 0 (the issue #26 goals) only")
     args = ap.parse_args()
 
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_cuda: no CUDA GPU is available here, so nothing was measured. Run it on a machine with a GPU, "
+              "or smoke-test the script's logic with: python -m bench.bench_cuda --device cpu --preset tiny "
+              "--out /tmp/cuda-smoke.json")
+        return 2
     if device.type == "cpu" or args.threads:
         torch.set_num_threads(args.threads or 1)
     torch.set_grad_enabled(False)
@@ -528,8 +637,6 @@ def main() -> int:
         return 1
 
     with section(res, "device") as out:
-        if device.type == "cuda" and not torch.cuda.is_available():
-            out["cuda_available"] = False
         device_info(device, out)
 
     config = get_preset(args.preset)
@@ -579,6 +686,18 @@ def main() -> int:
             reset_peak(device)
             speed(bundle, image, args.repeats, args.decode_tokens, out)
             out.update(memory(device))
+
+    with section(res, "goals") as out:  # section 0, first: the figures the fast paths are for
+        bundle = new_bundle("bf16", {})
+        try:
+            goals(bundle, image, args.repeats, args.decode_tokens, out)
+        finally:
+            del bundle
+            free(device)
+    if args.goals_only:
+        tmp.cleanup()
+        write_report(res, args.out)
+        return 0
 
     precision_res = res.setdefault("precision", {})
     for name in ("fp32", "bf16", "fp16"):

@@ -1,3 +1,4 @@
+from .attention import ATTENTION, float32_attention
 from .janusflow import JanusFlowModel, PromptState
 
-__all__ = ["JanusFlowModel", "PromptState"]
+__all__ = ["ATTENTION", "JanusFlowModel", "PromptState", "float32_attention"]

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 from ..config import JanusFlowConfig
+from .attention import ATTENTION
 from .gen_decoder import GenerationDecoder
 from .gen_encoder import GenerationEncoder
 from .llm import build_llm
@@ -31,12 +32,14 @@ class PromptState:
 
     With ``cache`` set, the prefix keys/values were computed once and every velocity evaluation runs
     only the 1 + G time/image positions on top of them (the official demo recomputes the prefix at
-    every step, SPEC 6.1; causal attention makes both identical).
+    every step, SPEC 6.1; causal attention makes both identical). A StaticCache is preallocated for
+    P + 1 + G positions: every evaluation writes its 1 + G positions in place, so the LLM forward has
+    the same shapes and buffers each time (what CUDA graphs need).
     """
 
     embeds: torch.Tensor  # (R, P, D)
     attention_mask: torch.Tensor  # (R, P) long
-    cache: DynamicCache | None = None
+    cache: DynamicCache | StaticCache | None = None
     # (R,) the position of each row's next token, for rows of prompts of different lengths padded into one
     # cache (janusflow_core.pipelines.batching); None: every row continues at P
     next_position: torch.Tensor | None = None
@@ -57,7 +60,7 @@ class PromptState:
 
 
 class JanusFlowModel(nn.Module):
-    def __init__(self, config: JanusFlowConfig, attn_implementation: str = "sdpa"):
+    def __init__(self, config: JanusFlowConfig, attn_implementation: str = ATTENTION):
         super().__init__()
         self.config = config
         d = config.llm.hidden_size
@@ -71,6 +74,10 @@ class JanusFlowModel(nn.Module):
         self.vision_gen_dec_aligner_norm = RMSNorm(d, config.llm.rms_norm_eps)
         self.vision_gen_dec_aligner = nn.Linear(d, config.gen_dec.in_channels)
         self.vision_gen_dec_model = GenerationDecoder(config.gen_dec, skip_channels=enc_width)
+        # the velocity's fast path (None: on CUDA only); see prepare_prompt and velocity
+        self.static_prompt_cache: bool | None = None
+        self.compile_velocity: bool | None = None
+        self._compiled_llm: nn.Module | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -133,19 +140,41 @@ class JanusFlowModel(nn.Module):
         x = x.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)  # (R, C_dec, g, g)
         return self.vision_gen_dec_model(x, skip, t_emb)
 
-    def prepare_prompt(self, tokens: torch.Tensor, attention_mask: torch.Tensor,
-                       use_cache: bool = True) -> PromptState:
-        """Embed the (R, P) prompt rows and, with ``use_cache``, run them through the LLM once."""
+    def prepare_prompt(self, tokens: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool = True,
+                       static_cache: bool | None = None) -> PromptState:
+        """Embed the (R, P) prompt rows and, with ``use_cache``, run them through the LLM once.
+
+        ``static_cache`` (default :attr:`static_prompt_cache`, which None makes True on CUDA): keep the prefix
+        in a StaticCache sized for one velocity evaluation instead of a DynamicCache; same velocities.
+        """
         embeds = self.embed_tokens(tokens.to(self.device))
         mask = attention_mask.to(self.device).long()
         state = PromptState(embeds=embeds, attention_mask=mask)
         if use_cache:
-            cache = DynamicCache(config=self.language_model.config)
+            if static_cache is None:
+                static_cache = self.static_prompt_cache
+            if static_cache is None:
+                static_cache = self.device.type == "cuda"
+            cfg = self.language_model.config
+            cache = (StaticCache(config=cfg, max_cache_len=embeds.shape[1] + 1 + self.config.num_gen_tokens)
+                     if static_cache else DynamicCache(config=cfg))
             pos = torch.arange(embeds.shape[1], device=self.device).expand(embeds.shape[0], -1)
             self.language_model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                                       cache=cache, use_cache=True)
             state.cache = cache
         return state
+
+    def _cached_llm(self, cache: DynamicCache | StaticCache) -> nn.Module:
+        """The LLM body for an evaluation on the prompt cache: compiled for a static cache when
+        :attr:`compile_velocity` (None: on CUDA), with CUDA graphs on CUDA (``mode="reduce-overhead"``);
+        every (rows, prompt length) is one compiled graph. Plain otherwise."""
+        compile_it = self.device.type == "cuda" if self.compile_velocity is None else self.compile_velocity
+        if not (compile_it and isinstance(cache, StaticCache)):
+            return self.language_model.model
+        if self._compiled_llm is None:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._compiled_llm = torch.compile(self.language_model.model, mode=mode, dynamic=False)
+        return self._compiled_llm
 
     def velocity(self, z: torch.Tensor, t: torch.Tensor, prompt: PromptState) -> torch.Tensor:
         """v(z, t) for each of the R prompt rows. z (R, C, h, w), t (R,) in [0, 1) -> (R, C, h, w)."""
@@ -155,14 +184,15 @@ class JanusFlowModel(nn.Module):
         x = torch.cat([t_emb[:, None], tokens], dim=1)  # (R, 1 + G, D): t_emb enters unprojected
         n_new = x.shape[1]
         mask = torch.cat([prompt.attention_mask, prompt.attention_mask.new_ones(r, n_new)], dim=1)
-        llm = self.language_model.model
         if prompt.cache is not None:
-            pos = prompt.positions(n_new)  # (R, 1 + G)
-            out = llm(inputs_embeds=x, attention_mask=mask, position_ids=pos, cache=prompt.cache, use_cache=True)
-            prompt.cache.crop(-n_new)  # back to the prompt prefix for the next evaluation
+            pos = prompt.positions(n_new)  # (R, 1 + G): each row's own, after its prompt
+            out = self._cached_llm(prompt.cache)(inputs_embeds=x, attention_mask=mask, position_ids=pos,
+                                                 cache=prompt.cache, use_cache=True)
+            hidden = out.last_hidden_state[:, -tokens.shape[1]:]  # (R, G, D), after the final norm
+            prompt.cache.crop(-n_new)  # back to the prompt prefix (a static cache overwrites those positions)
         else:
             seq = torch.cat([prompt.embeds, x], dim=1)  # (R, P + 1 + G, D)
             pos = torch.arange(p + n_new, device=self.device).expand(r, -1)
-            out = llm(inputs_embeds=seq, attention_mask=mask, position_ids=pos, use_cache=False)
-        hidden = out.last_hidden_state[:, -tokens.shape[1]:]  # (R, G, D), after the final norm
+            out = self.language_model.model(inputs_embeds=seq, attention_mask=mask, position_ids=pos, use_cache=False)
+            hidden = out.last_hidden_state[:, -tokens.shape[1]:]  # (R, G, D), after the final norm
         return self.decode_tokens(hidden, skip, t_emb)

@@ -6,9 +6,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..config import LLMConfig
+from .attention import ATTENTION
 
 
-def build_llm(cfg: LLMConfig, attn_implementation: str = "sdpa") -> LlamaForCausalLM:
+def build_llm(cfg: LLMConfig, attn_implementation: str = ATTENTION) -> LlamaForCausalLM:
     hf = LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,

@@ -7,8 +7,8 @@ from .generate import (
     check_generation_inputs,
     check_generation_options,
 )
-from .understand import ChatPipeline, check_chat_inputs, generate_tokens
+from .understand import ChatPipeline, check_chat_inputs, decode, generate_tokens
 
 __all__ = ["ChatPipeline", "GenerationOptions", "GenerationPipeline", "GenerationResult", "SamplingDefaults",
-           "VelocityBatcher", "check_chat_inputs", "check_generation_inputs", "check_generation_options",
+           "VelocityBatcher", "check_chat_inputs", "check_generation_inputs", "check_generation_options", "decode",
            "generate_tokens", "join_prompts"]

@@ -15,7 +15,7 @@ joined cache is kept while the same runs keep meeting. What changes is only the 
 and the length of the masked attention rows: results agree with a run alone up to float rounding (measured
 and bounded in tests/test_batching.py; on CPU in fp32 latents within 1e-4, images within 1/255).
 
-Prompts without a cache (``use_cache=False``) run alone. A forward that fails is retried for each run
+Prompts without a cache (``use_cache=False``) or with the CUDA fast path's static cache run alone. A forward that fails is retried for each run
 alone, so one run's failure reaches only that run.
 """
 
@@ -174,9 +174,11 @@ class VelocityBatcher:
                 job.done.set()
 
     def _forward(self, jobs: list[_Evaluation]) -> None:
-        shareable = [j for j in jobs if j.prompt.cache is not None]
+        # a DynamicCache prefix joins others; a StaticCache one (the CUDA fast path's fixed buffers, captured by
+        # CUDA graphs) and no cache at all run alone
+        shareable = [j for j in jobs if isinstance(j.prompt.cache, DynamicCache)]
         for job in jobs:
-            if len(shareable) < 2 or job.prompt.cache is None:  # alone: exactly the unbatched call
+            if len(shareable) < 2 or not isinstance(job.prompt.cache, DynamicCache):  # the unbatched call
                 job.velocity = self.model.velocity(job.z, job.t, job.prompt)
         if len(shareable) < 2:
             return

@@ -3,6 +3,15 @@
 The LLM decodes with transformers' ``generate`` (KV cache, greedy or temperature/top-p sampling) on
 the image-filled input embeddings; a streamer hands out text pieces as they are decoded and a stop
 event ends generation within one token.
+
+The fast decode path (``fast_decode=True``; the default on CUDA, off on the CPU, where it was not measured
+faster: docs/benchmarks.md) runs the attention of bf16/fp16 models on the CPU in float32
+(:mod:`janusflow_core.modeling.attention`), and on CUDA keeps the keys and values in a static cache
+(preallocated for prompt + answer), which lets transformers compile the decode step with CUDA graphs
+(``torch.compile(mode="reduce-overhead")``). ``fast_decode=False`` is transformers' default decode (dynamic
+cache, the attention in the model's dtype). In float32 both give the same tokens; in bf16 the attention
+output may round differently in its last bit, so a near-tie between two tokens can go the other way
+(tests/test_fast_paths.py pins the tokens and bounds the logits). docs/benchmarks.md has the speed.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import torch
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
+    StaticCache,
     StoppingCriteria,
     StoppingCriteriaList,
     TextIteratorStreamer,
@@ -23,6 +33,7 @@ from transformers import (
 
 from .. import limits
 from ..bundle import JanusFlowBundle
+from ..modeling import float32_attention
 from ..processing import BatchedInputs
 
 Message = Mapping[str, Any]
@@ -74,24 +85,60 @@ class _CountingStreamer(TextIteratorStreamer):
         super().put(value)
 
 
+def static_cache_length(prompt_len: int, max_new_tokens: int, device: torch.device, context: int) -> int:
+    """Positions to preallocate for a static KV cache: prompt + answer, rounded up to a multiple of 256 on
+    CUDA (each length is a new CUDA graph there; the wasted positions are masked), exact elsewhere (where
+    every position is read at every step)."""
+    n = prompt_len + max_new_tokens
+    if device.type == "cuda":
+        n = -(-n // 256) * 256
+    return min(n, max(context, prompt_len + max_new_tokens))
+
+
+def decode(model: Any, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, *,
+           fast_decode: bool | None = None, static_cache: bool | None = None, **generate_kwargs: Any) -> Any:
+    """The LLM's ``generate`` from input embeddings (B, T, D); other keywords go to ``generate``.
+
+    ``fast_decode`` runs bf16/fp16 attention on the CPU in float32 and, with ``static_cache`` (default: on
+    CUDA), keeps the keys and values in a preallocated static cache, which lets transformers compile the
+    decode step with CUDA graphs on CUDA (module docstring). ``fast_decode=False``: transformers' default;
+    None: fast on CUDA only.
+    """
+    lm = model.language_model
+    if fast_decode is None:
+        fast_decode = model.device.type == "cuda"
+    if static_cache is None:
+        static_cache = model.device.type == "cuda"
+    with torch.inference_mode(), float32_attention(fast_decode):
+        cache = None
+        if fast_decode and static_cache:
+            length = static_cache_length(embeds.shape[1], max_new_tokens, model.device,
+                                         lm.config.max_position_embeddings)
+            cache = StaticCache(config=lm.config, max_cache_len=length)
+        return lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                           use_cache=True, cache=cache, **generate_kwargs)
+
+
 def generate_tokens(bundle: JanusFlowBundle, batch: BatchedInputs, max_new_tokens: int, temperature: float = 0.0,
                     top_p: float = 1.0, streamer: Any = None, stop_event: threading.Event | None = None,
-                    output_scores: bool = False, seed: int | None = None) -> Any:
+                    output_scores: bool = False, seed: int | None = None, fast_decode: bool | None = None) -> Any:
     """Run the LLM's ``generate`` on a processed batch: greedy when temperature is 0, else temperature +
-    top-p sampling from a generator of this call's own (seeded with ``seed``)."""
+    top-p sampling from a generator of this call's own (seeded with ``seed``). ``fast_decode``: the static
+    cache and float32 CPU attention of the module docstring (None: on CUDA only); False is transformers'
+    default decode."""
     model, special = bundle.model, bundle.processor.special_tokens
     batch = batch.to(model.device)
     with torch.inference_mode():
         embeds = model.prepare_inputs_embeds(batch.input_ids, batch.pixel_values, batch.images_seq_mask,
                                              batch.images_emb_mask)
-        sampler = [SeededSampler(temperature, top_p, seed)] if temperature > 0 else []
-        return model.language_model.generate(
-            inputs_embeds=embeds, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
-            pad_token_id=special.pad, eos_token_id=special.eos, bos_token_id=special.bos, use_cache=True,
-            streamer=streamer, top_k=None,
-            stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop_event)]) if stop_event else None,
-            logits_processor=LogitsProcessorList(sampler), do_sample=False, temperature=None, top_p=None,
-            output_scores=output_scores, return_dict_in_generate=output_scores)
+    sampler = [SeededSampler(temperature, top_p, seed)] if temperature > 0 else []
+    return decode(
+        model, embeds, batch.attention_mask, max_new_tokens, fast_decode=fast_decode,
+        pad_token_id=special.pad, eos_token_id=special.eos, bos_token_id=special.bos,
+        streamer=streamer, top_k=None,
+        stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop_event)]) if stop_event else None,
+        logits_processor=LogitsProcessorList(sampler), do_sample=False, temperature=None, top_p=None,
+        output_scores=output_scores, return_dict_in_generate=output_scores)
 
 
 def check_chat_inputs(max_new_tokens: int, temperature: float, top_p: float,
@@ -106,12 +153,15 @@ def check_chat_inputs(max_new_tokens: int, temperature: float, top_p: float,
 
 
 class ChatPipeline:
-    def __init__(self, bundle: JanusFlowBundle):
+    def __init__(self, bundle: JanusFlowBundle, fast_decode: bool | None = None):
+        """``fast_decode``: decode with the static cache / float32 CPU attention (see the module docstring);
+        False gives transformers' default decode; None (default): fast on CUDA only."""
         if bundle.processor is None:
             raise ValueError("chat needs a processor (tokenizer + image settings); load the bundle with one")
         self.bundle = bundle
         self.processor = bundle.processor
         self.model = bundle.model
+        self.fast_decode = fast_decode
 
     def _context_limit(self) -> int:
         return self.bundle.config.llm.max_position_embeddings
@@ -169,7 +219,7 @@ class ChatPipeline:
         def run() -> None:
             try:
                 generate_tokens(self.bundle, batch, max_new, temperature, top_p, streamer, stop_event,
-                                seed=seed)
+                                seed=seed, fast_decode=self.fast_decode)
             except BaseException as exc:  # surfaced in the caller's thread below
                 error.append(exc)
                 streamer.end()
@@ -210,5 +260,5 @@ class ChatPipeline:
         max_new_tokens = check_chat_inputs(max_new_tokens, 0.0, 1.0)[0]
         convs = [[{"role": "user", "content": q}] for q in questions]
         batch = self.prepare(convs, [list(i) if i else None for i in images])
-        out = generate_tokens(self.bundle, batch, max_new_tokens)
+        out = generate_tokens(self.bundle, batch, max_new_tokens, fast_decode=self.fast_decode)
         return [s.strip() for s in self.processor.decode(out, skip_special_tokens=True)]
