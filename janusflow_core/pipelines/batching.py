@@ -15,8 +15,8 @@ joined cache is kept while the same runs keep meeting. What changes is only the 
 and the length of the masked attention rows: results agree with a run alone up to float rounding (measured
 and bounded in tests/test_batching.py; on CPU in fp32 latents within 1e-4, images within 1/255).
 
-Prompts without a cache (``use_cache=False``) or with the CUDA fast path's static cache run alone. A forward that fails is retried for each run
-alone, so one run's failure reaches only that run.
+Prompts without a cache (``use_cache=False``) or with the CUDA fast path's static cache run alone. A
+forward that fails is retried for each run alone, so one run's failure reaches only that run.
 """
 
 from __future__ import annotations
