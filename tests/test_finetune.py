@@ -166,6 +166,7 @@ def test_conversation_labels_are_the_answers_in_the_base_template(base, data):
     (["--gen-data", "GEN", "--ema", "1"], "--ema must be in [0, 1)"),
     (["--gen-data", "GEN", "--method", "full", "--modules-lr", "1e-4"], "--modules-lr must be 0 or more and goes with"),
     (["--gen-data", "GEN", "--modules-lr", "-1"], "--modules-lr must be 0 or more"),
+    (["--gen-data", "GEN", "--repa-warmup", "-1"], "--repa-warmup must be 0 or more steps"),
     (["--gen-data", "GEN", "--mixed-precision", "fp16"], "fp16 needs a CUDA GPU"),
     (["--gen-data", "GEN", "--resume"], "holds no checkpoint to continue"),
 ])

@@ -541,6 +541,25 @@ def test_repa_targets_are_cached_only_while_the_encoder_is_frozen(setup):
     assert not module._repa_targets
 
 
+def test_repa_head_warmup_keeps_repa_gradients_in_the_head(setup, tmp_path):
+    from janusflow_core.training.forward import LossWeights, TrainModule
+    from janusflow_core.training.stages import set_stage
+
+    model = setup.model()
+    cfg = small_cfg(steps=1, checkpoint_every=100)
+    tr = Trainer(model, setup.processor, cfg, tmp_path, setup.und_pool, setup.gen_pool, progress=False)
+    set_stage(model, 2, tr.repa_head)
+    module = TrainModule(model, tr.repa_head, cfg.repa_layer, LossWeights(repa=cfg.repa_weight))
+    batch = tr.batcher.next_batch(model.config.num_gen_tokens)
+    for head_only in (True, False):
+        module.zero_grad(set_to_none=True)
+        module.repa_head_only = head_only
+        module(batch)["repa"].backward()
+        model_grads = [p.grad for p in model.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.repa_head.parameters())
+        assert (model_grads == []) == head_only  # warm-up: the model is untouched by REPA; after it, reached
+
+
 def test_snapshots_reach_the_callback(setup, tmp_path):
     seen = []
     cfg = small_cfg(steps=5, snapshot_every=2)

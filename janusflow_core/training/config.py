@@ -35,6 +35,7 @@ class TrainConfig:
     flow_weight: float = 1.0
     repa_weight: float = 0.5
     repa_layer: int = 2  # LLM layer whose output hidden states REPA aligns (1 = after the first block)
+    repa_head_warmup: int = 0  # first steps in which REPA trains its (new) head alone, the model untouched by it
     cfg_drop: float = 0.1  # fraction of prompts dropped for classifier-free guidance
     t_mean: float = 0.0  # logit-normal t: sigmoid(N(t_mean, t_std^2))
     t_std: float = 1.0
@@ -83,6 +84,8 @@ class TrainConfig:
             p.append(f"t_std must be > 0, got {self.t_std}")
         if self.repa_weight < 0:
             p.append(f"repa_weight must be >= 0 (0 turns REPA off), got {self.repa_weight}")
+        if self.repa_head_warmup < 0:
+            p.append(f"repa_head_warmup must be >= 0, got {self.repa_head_warmup}")
         if self.grad_clip < 0:
             p.append(f"grad_clip must be >= 0, got {self.grad_clip}")
         if self.snapshot_every < 0:

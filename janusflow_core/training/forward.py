@@ -95,6 +95,9 @@ class TrainModule(nn.Module):
         self.repa_head = repa_head
         self.repa_layer = repa_layer if (repa_head is not None and weights.repa > 0) else None
         self.weights = weights
+        # True while a new REPA head is fitted to the model as it is: its loss trains the head alone (the hidden
+        # states are detached), so a random head's first gradients do not reach, and perturb, a trained model
+        self.repa_head_only = False
         # REPA targets of the generation pool's images, kept while the understanding encoder is frozen
         # (stages 1-2): each pool image is encoded once instead of every time it is drawn
         self._repa_targets: dict[int, torch.Tensor] = {}
@@ -139,7 +142,8 @@ class TrainModule(nn.Module):
             if hidden is not None:
                 feats = self.repa_targets(gen["pixel_values"], gen.get("pool_index"))  # (B, N, W)
                 feats = losses.match_grid(feats, self.model.config.gen_grid)
-                terms.update(losses.repa_loss(self.repa_head(hidden), feats))
+                terms.update(losses.repa_loss(self.repa_head(hidden.detach() if self.repa_head_only else hidden),
+                                              feats))
                 part = part + self.weights.repa * terms["repa"]
             total = part if total is None else total + part
         terms["loss"] = total

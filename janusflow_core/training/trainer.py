@@ -187,6 +187,7 @@ class Trainer:
                 self.repa_head.requires_grad_(True)
         module = TrainModule(model, self.repa_head, cfg.repa_layer,
                              LossWeights(cfg.ar_weight, cfg.flow_weight, cfg.repa_weight))
+        core = module  # the TrainModule itself, under whatever wrapper accelerate puts around it
         groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}  # (lr scale, decayed) -> parameters
         scale_of = {id(p): self.lr_scale(n) for n, p in model.named_parameters()} if self.lr_scale else {}
         for p in module.parameters():
@@ -214,6 +215,7 @@ class Trainer:
         while self.step < cfg.steps:
             t0 = time.time()
             batch = _to(self.batcher.next_batch(g), acc.device)
+            core.repa_head_only = self.step < cfg.repa_head_warmup
             with acc.autocast():
                 terms = module(batch)
             acc.backward(terms["loss"])
