@@ -238,9 +238,9 @@ class GenerateHandlers:
                 self._streaming -= 1
 
     def run(self, prompt: str, cfg: float, steps: int, seed: int, num_images: int, sampler: str, preview: str,
-            request: gr.Request, init_image: str | None = None, strength: float = 1.0, negative_prompt: str | None = None,
-            shift: float = 1.0, guidance_interval_lo: float = 0.0, guidance_interval_hi: float = 1.0,
-            guidance: str = "cfg") -> Iterator[Output]:
+            request: gr.Request, init_image: str | None = None, strength: float = 1.0,
+            negative_prompt: str | None = None, shift: float = 1.0, guidance_interval_lo: float = 0.0,
+            guidance_interval_hi: float = 1.0, guidance: str = "cfg") -> Iterator[Output]:
         """Generate images from a prompt, streaming the newest step as it comes.
 
         Yields (preview, status, gallery): "Step k / N" whenever the sampler has finished a step the page has

@@ -252,22 +252,31 @@ def create_demo(engine: Engine, *, preview_height: int = 384) -> gr.Blocks:
         demo.load(model_status, None, status, api_visibility="private", concurrency_limit=None).then(
             gen.token_line, prompt, prompt_tokens, **PRIVATE)
         go.then(gen.token_line, prompt, prompt_tokens, **PRIVATE)  # the model may have loaded meanwhile
-    refuse_short_calls(demo)
+    refuse_short_calls(demo, required={"chat": 5, "generate": 7})  # their inputs before issue 25's options
     return demo
 
 
-def refuse_short_calls(demo: gr.Blocks) -> None:
+def refuse_short_calls(demo: gr.Blocks, required: dict[str, int] | None = None) -> None:
     """Answer an API call with too few inputs with a refusal that lists them (gradio's own check raises a
-    ValueError, which clients see as a generic error and the console as a traceback)."""
+    ValueError, which clients see as a generic error and the console as a traceback).
+
+    ``required``: for an endpoint whose later inputs were added after it was published, how many leading
+    inputs a call must send; the inputs it leaves out after those get the page's initial values, so a raw
+    HTTP call written for the older endpoint still runs (gradio_client fills them in itself)."""
     check = demo.validate_inputs
+    required = required or {}
 
     def validate_inputs(block_fn: Any, inputs: list[Any]) -> None:
+        wanted = required.get(block_fn.api_name)
+        if wanted is not None and wanted <= len(inputs) < len(block_fn.inputs):
+            inputs.extend(None if isinstance(b, gr.State) else b.value for b in block_fn.inputs[len(inputs):])
         try:
             check(block_fn, inputs)
         except ValueError:
             names = [getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs
                      if not isinstance(b, gr.State)]
-            raise refuse(f"/{block_fn.api_name or block_fn.name} takes {len(names)} inputs ({', '.join(names)}); "
+            least = f"{wanted} to {len(names)}" if wanted is not None else f"{len(names)}"
+            raise refuse(f"/{block_fn.api_name or block_fn.name} takes {least} inputs ({', '.join(names)}); "
                          f"got {len(inputs)}.") from None
 
     demo.validate_inputs = validate_inputs  # type: ignore[method-assign]
