@@ -49,7 +49,7 @@ PRIVATE = {"queue": False, "api_visibility": "private", "show_progress": "hidden
 
 CSS = """
 #preview img, #gallery img, #chatbot img, #chat-examples img, #init-image img { image-rendering: pixelated; }
-#chatbot .bot img { min-width: 192px; }
+#chatbot .bot img { min-width: 192px; min-height: 192px; object-fit: contain; }  /* a drawing, enlarged */
 #preview img { object-fit: contain !important; width: 100%; height: 100%; }
 #model-status { font-size: 0.95em; opacity: 0.9; }
 #gen-status, #chat-stats { min-height: 1.6em; }
