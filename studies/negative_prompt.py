@@ -5,8 +5,9 @@
 For each of the three colour-free one-object prompts ("a circle", "a square", "a triangle") and seeds
 0..N-1, the model draws one image without a negative prompt and one with each negative prompt given
 (``{shape}`` is replaced by the prompt's shape). Each image is scored by the shapes detector: the share
-whose object is red, and the share that passes the prompt's shapes-geneval check (one well-formed object
-of the asked shape). One JSON line per (cfg, negative prompt).
+with a red object (``red``), the objects of each colour (``colours``), the share of images with an object
+of each colour (``with_colour``), and the share that passes the prompt's shapes-geneval check (one
+well-formed object of the asked shape). One JSON line per (cfg, negative prompt).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main() -> None:
     pipe = GenerationPipeline(load_pretrained(args.model, device="cpu", dtype="float32"))
     for w in args.cfg:
         for negative in [None, *args.negative]:
-            start, red, passed, colours = time.time(), 0, 0, {}
+            start, red, passed, colours, with_colour = time.time(), 0, 0, {}, {}
             for prompt in PROMPTS:
                 text = None if negative is None else negative.format(shape=prompt.split()[-1])
                 images = [pipe(prompt, guidance_scale=w, seed=s, negative_prompt=text).images[0]
@@ -48,10 +49,14 @@ def main() -> None:
                     passed += image_passes(image, prompt)
                     for d in found:
                         colours[d.color] = colours.get(d.color, 0) + 1
+                    for c in {d.color for d in found}:
+                        with_colour[c] = with_colour.get(c, 0) + 1
             n = len(PROMPTS) * args.seeds
             row = {"model": args.model, "cfg": w, "negative_prompt": negative, "images": n,
                    "red": round(red / n, 4), "red_count": red, "passes": round(passed / n, 4),
-                   "colours": dict(sorted(colours.items())), "seconds": round(time.time() - start, 1)}
+                   "colours": dict(sorted(colours.items())),
+                   "with_colour": {c: round(k / n, 4) for c, k in sorted(with_colour.items())},
+                   "seconds": round(time.time() - start, 1)}
             print(json.dumps(row), flush=True)
             if args.out:
                 with Path(args.out).open("a") as f:
