@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
-from janusflow_core.limits import SEED, check_choice, check_interval
+from janusflow_core.limits import SEED, InputError, check_choice, check_interval
 from janusflow_core.sampling import StepState, stop_when
 from janusflow_core.vae import to_pil
 
@@ -175,7 +176,10 @@ class GenerateHandlers:
                                                            settings.guidance_interval_hi))
         image = settings.init_image
         if isinstance(image, str) and image:  # an upload: named by its file name, never its server path
-            return open_image(image)
+            try:
+                return open_image(image)
+            except FileNotFoundError:
+                raise InputError(f"Init image {Path(image).name}: no such file") from None
         return None if image is None or (isinstance(image, str) and not image) else image
 
     def begin(self, loaded: Loaded, run: Run, prompt: Any, num_images: Any, settings: Settings, image: Any,

@@ -965,6 +965,26 @@ def test_a_bad_drawing_is_refused_and_the_chat_still_works(chat, text, settings,
     assert "tokens/s" in ask(chat, "hello", sid="bad-draw", max_new_tokens=3)[-1][1]
 
 
+OPTION_FIELDS = ("Strength", "negative prompt", "Shift", "Guidance", "Init image", "not a readable image")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(init_image=st.one_of(st.sampled_from([None, str(EXAMPLE), "/nowhere/photo.png", ""]), anything),
+       strength=st.one_of(st.floats(-0.5, 1.5), anything), negative_prompt=st.one_of(st.text(max_size=20), anything),
+       shift=st.one_of(st.floats(0, 11), anything), lo=st.one_of(st.floats(-0.5, 1.5), anything),
+       hi=st.one_of(st.floats(-0.5, 1.5), anything),
+       guidance=st.one_of(st.sampled_from(["cfg", "cfg-zero-star", "apg"]), anything),
+       draw=st.booleans())
+def test_the_options_give_a_result_or_one_clear_message(gen, chat, init_image, strength, negative_prompt, shift, lo,
+                                                         hi, guidance, draw):
+    options = {"init_image": init_image, "strength": strength, "negative_prompt": negative_prompt, "shift": shift,
+               "guidance_interval_lo": lo, "guidance_interval_hi": hi, "guidance": guidance}
+    run = (chat.draw("/draw a circle", 2.0, 2, 1, "euler", "x1-fast", **options, request=session("prop-draw"))
+           if draw else gen.run("a circle", 2.0, 2, 1, 1, "euler", "x1-fast", session("prop-options"), **options))
+    message = first_output_or_refusal(run)
+    assert message is None or (any(f in message for f in OPTION_FIELDS) and "Traceback" not in message), message
+
+
 def test_the_model_reads_drawn_images_with_the_next_user_message_only():
     from app.chat import model_messages
 
