@@ -344,6 +344,15 @@ def test_draw_in_the_chat_then_ask_about_the_drawing(page):
     with_image = page.engine.get().chat.prompt_length(
         [{"role": "user", "content": "How many circles are there?", "images": [Image.new("RGB", (32, 32))]}])
     assert f"prompt {with_image} tokens" in stats  # the model read the drawn image with the question
+    with hooked(page.engine, lambda *_: time.sleep(0.2)):  # typed with the prefix this time, then stopped
+        page.evaluate(_WATCH_DRAWING)
+        send(page, "/draw a green triangle")
+        page.wait_for_function("() => window.__drawSources.length >= 2", timeout=60_000)
+        page.locator("#chat-stop").click()
+        page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('stopped at step')",
+                               timeout=60_000)
+    usable(page, BOX, SEND, "#chat-draw")
+    assert page.locator("#chatbot .bot img").count() == 2 and "Stopped at step" in page.inner_text("#chatbot")
 
 
 def test_a_missing_browser_fails_in_ci_and_skips_locally(monkeypatch):
