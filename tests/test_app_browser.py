@@ -267,26 +267,34 @@ def test_clear_and_stop_in_the_middle_of_a_run_leave_everything_usable(page):
     assert page.locator("#chatbot .bot").count() == 1
 
 
+def set_slider(page, elem_id: str, value: float) -> None:
+    """Type a slider's value and wait until the slider itself holds it (a click right after the typing could
+    otherwise send the old value)."""
+    set_number(page, elem_id, value)
+    page.wait_for_function(f"() => Number(document.querySelector('#{elem_id} input[type=range]').value) == {value}")
+    page.locator(f"#{elem_id} input[type=number]").blur()
+
+
 def test_generate_from_an_init_image_with_strength_and_a_negative_prompt(page):
     page.get_by_role("tab", name="Generate").click()
     page.locator("#init-accordion").get_by_text("Start from an image").click()
     page.locator("#init-image input[type=file]").set_input_files(str(EXAMPLE))
     page.wait_for_selector("#init-image img")
     page.locator("#negative-prompt textarea").fill("a blue square")
-    set_number(page, "strength", 0)  # bad: 0 would change nothing
+    set_slider(page, "strength", 0)  # bad: 0 would change nothing
     page.locator(PROMPT).fill("a red circle")
     page.locator(RUN).click()
     refusal(page, "Strength must be a number above 0 and at most 1, got 0")
     usable(page, RUN, PROMPT)
-    set_number(page, "strength", 0.5)
+    set_slider(page, "strength", 0.5)
     page.locator("#advanced").get_by_text("Advanced").click()
-    set_number(page, "guidance-lo", 0.8)  # bad: LO above HI
-    set_number(page, "guidance-hi", 0.2)
+    set_slider(page, "guidance-lo", 0.8)  # bad: LO above HI
+    set_slider(page, "guidance-hi", 0.2)
     page.locator(RUN).click()
     refusal(page, "got LO 0.8 above HI 0.2")
     usable(page, RUN, PROMPT)
-    set_number(page, "guidance-lo", 0.2)  # then a good request in the same page
-    set_number(page, "guidance-hi", 0.9)
+    set_slider(page, "guidance-lo", 0.2)  # then a good request in the same page
+    set_slider(page, "guidance-hi", 0.9)
     set_number(page, "gen-seed", 7)
     generate(page, "a red circle", steps=STEPS)
     status = page.inner_text("#gen-status")
