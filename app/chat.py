@@ -212,7 +212,7 @@ class ChatHandlers:
         """Draw one image from the message's text (a leading ``/draw`` is optional here) with the given settings
         (the Generate tab's), streaming the newest preview into the conversation as the assistant's message.
 
-        Yields (chatbot messages, stats line, conversation): the request with an empty assistant message, then
+        Yields (chatbot messages, stats line, conversation): the request with a "Drawing …" message, then
         the newest step's status (and preview, when one is due), then the image, which stays in the
         conversation for the next question to be about. Stop ends it at a step end and keeps the last step's
         predicted image; Clear sends nothing more.

@@ -965,6 +965,24 @@ def test_a_bad_drawing_is_refused_and_the_chat_still_works(chat, text, settings,
     assert "tokens/s" in ask(chat, "hello", sid="bad-draw", max_new_tokens=3)[-1][1]
 
 
+def test_a_drawing_that_fails_midway_is_one_line_and_the_chat_goes_on(chat, engine, monkeypatch, caplog):
+    loaded = engine.get()
+    real = loaded.generator.iterate
+
+    def breaks_after_one_step(*args, **kwargs):
+        states = real(*args, **kwargs)
+        yield next(states)
+        raise KeyError("latent cache")
+
+    monkeypatch.setattr(loaded.generator, "iterate", breaks_after_one_step)
+    with caplog.at_level("ERROR"):
+        assert refusal_of(draw_via_prefix, chat, "/draw a circle", sid="draw-bug") == (
+            "The drawing failed (KeyError): 'latent cache'")
+    assert caplog.records[-1].exc_info[0] is KeyError
+    monkeypatch.setattr(loaded.generator, "iterate", real)
+    assert draw_via_prefix(chat, "/draw a circle", sid="draw-bug", draw_steps=2)[-1][2][1]["drawn"]
+
+
 OPTION_FIELDS = ("Strength", "negative prompt", "Shift", "Guidance", "Init image", "not a readable image")
 
 
