@@ -267,11 +267,26 @@ def test_clear_and_stop_in_the_middle_of_a_run_leave_everything_usable(page):
     assert page.locator("#chatbot .bot").count() == 1
 
 
-def set_slider(page, elem_id: str, value: float) -> None:
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+except ImportError:  # the page fixture skips (or fails in CI) before any test needs it
+    PlaywrightTimeout = TimeoutError
+
+
+def set_slider(page, elem_id: str, value: float, tries: int = 5) -> None:
     """Type a slider's value and wait until the slider itself holds it (a click right after the typing could
-    otherwise send the old value)."""
-    set_number(page, elem_id, value)
-    page.wait_for_function(f"() => Number(document.querySelector('#{elem_id} input[type=range]').value) == {value}")
+    otherwise send the old value); typed again if the slider was still being laid out (an accordion that has
+    just opened renders its contents then) and dropped it."""
+    holds = f"() => Number(document.querySelector('#{elem_id} input[type=range]').value) == {value}"
+    page.locator(f"#{elem_id} input[type=range]").wait_for(state="visible")
+    for attempt in range(tries):
+        set_number(page, elem_id, value)
+        try:
+            page.wait_for_function(holds, timeout=3_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
     page.locator(f"#{elem_id} input[type=number]").blur()
 
 
