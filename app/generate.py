@@ -9,6 +9,9 @@ seconds (longer when decoding is slow or busy) it decodes the newest step for di
 image x̂1 or the noisy z_t through the VAE (``GenerationPipeline.preview``), or x̂1 through the fitted linear
 latent-to-RGB map (``LatentRGB``, approximate, nearly free). Steps it had no time to show are dropped, never
 queued. Previews travel at the model's resolution; the page enlarges them.
+
+The Chat tab draws with the same machinery (``GenerateHandlers.begin`` and ``follow``), with the Generate tab's
+settings (``Settings``): one sampler thread per run, the same app-wide preview budget, the same batcher.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
-from janusflow_core.limits import SEED, check_choice
+from janusflow_core.limits import SEED, InputError, check_choice, check_interval
 from janusflow_core.sampling import StepState, stop_when
 from janusflow_core.vae import to_pil
 
@@ -32,14 +38,18 @@ from .background import SamplerThread
 from .components import refusals, refuse
 from .display import grid
 from .engine import Engine, EngineError, Loaded
-from .sessions import Runs, session_id
+from .inputs import open_image
+from .sessions import Run, Runs, session_id
 
 log = logging.getLogger(__name__)
 PREVIEW_MODES = {"x1": "predicted clean image x̂₁ (VAE)", "x1-fast": "x̂₁, fast approximation (linear latent→RGB)",
                  "zt": "noisy latent z_t (VAE)"}
 SAMPLER_NAMES = {"euler": "Euler", "heun": "Heun"}
+GUIDANCE_NAMES = {"cfg": "CFG", "cfg-zero-star": "CFG-Zero*", "apg": "APG"}
 FIELD_NAMES = {"prompt": "The prompt", "steps": "Steps", "guidance_scale": "CFG", "num_images": "Number of images",
-               "seed": "Seed", "sampler": "Sampler"}  # the pipeline's refusals name fields by the page's labels
+               "seed": "Seed", "sampler": "Sampler", "init_image": "Init image", "strength": "Strength",
+               "negative_prompt": "The negative prompt", "shift": "Shift", "guidance_interval": "Guidance interval",
+               "guidance": "Guidance"}  # the pipeline's refusals name fields by the page's labels
 
 Output = tuple[Any, str, Any]  # (preview image, status line, gallery)
 UPDATE_INTERVAL_S = 0.1  # at most 10 updates (status line, maybe a preview) a second per run
@@ -50,6 +60,43 @@ PREVIEW_SHARE = 0.5  # all runs' preview decoding together takes at most this sh
 
 def random_seed() -> int:
     return random.randint(*SEED)
+
+
+@dataclass
+class Settings:
+    """The Generate tab's sampling settings as they arrive from the page or the API (unchecked): what
+    ``/generate`` runs with, and what a drawing in the chat borrows."""
+
+    cfg: Any = None
+    steps: Any = None
+    seed: Any = 42
+    sampler: Any = "euler"
+    preview: Any = "x1"
+    init_image: Any = None  # a file path (an upload), a PIL image (a direct call) or None
+    strength: Any = 1.0
+    negative_prompt: Any = None
+    shift: Any = 1.0
+    guidance_interval_lo: Any = 0.0
+    guidance_interval_hi: Any = 1.0
+    guidance: Any = "cfg"
+
+
+@dataclass
+class Started:
+    """A run whose request was accepted: its steps (computed on demand) and the checked values."""
+
+    states: Iterator[StepState]
+    steps: int
+    cfg: float
+    seed: int
+    sampler: str
+    strength: float | None  # set when the run starts from an init image
+
+
+def describe(started: Started) -> str:
+    """The settings a status line names: sampler, weight, seed, and the start image's strength if any."""
+    text = f"{SAMPLER_NAMES.get(started.sampler, started.sampler)}, CFG {started.cfg:g}, seed {started.seed}"
+    return text + ("" if started.strength is None else f", from the init image at strength {started.strength:g}")
 
 
 class PreviewBudget:
@@ -121,17 +168,96 @@ class GenerateHandlers:
             return f"**{n} / {limit} tokens**: too long, shorten the prompt"
         return f"{n} / {limit} tokens"
 
+    def precheck(self, settings: Settings) -> Any:
+        """The checks that need no model (the preview mode, the init image read from its file), before a run
+        waits for its turn; returns the init image (RGB) or None. Raises InputError."""
+        check_choice("Preview", settings.preview, PREVIEW_MODES)  # the page's own setting; the pipeline the rest
+        check_interval(FIELD_NAMES["guidance_interval"], (settings.guidance_interval_lo,
+                                                           settings.guidance_interval_hi))
+        image = settings.init_image
+        if isinstance(image, str) and image:  # an upload: named by its file name, never its server path
+            try:
+                return open_image(image)
+            except FileNotFoundError:
+                raise InputError(f"Init image {Path(image).name}: no such file") from None
+        return None if image is None or (isinstance(image, str) and not image) else image
+
+    def begin(self, loaded: Loaded, run: Run, prompt: Any, num_images: Any, settings: Settings, image: Any,
+              names: dict[str, str] | None = None) -> Started:
+        """Check the whole request against the pipeline (InputError naming the page's fields) and set up its
+        steps, stopped by ``run``'s event at a step end."""
+        pipe, names = loaded.generator, {**FIELD_NAMES, **(names or {})}
+        steps, cfg, num_images, seed = pipe.check_inputs(prompt, settings.steps, settings.cfg, num_images,
+                                                         settings.sampler, settings.seed, names=names)
+        options = pipe.check_options(image, settings.strength, settings.negative_prompt, settings.shift,
+                                     (settings.guidance_interval_lo, settings.guidance_interval_hi),
+                                     settings.guidance, names=names)
+        states = pipe.iterate(prompt, steps, cfg, seed, num_images, settings.sampler,
+                              callback_on_step_end=stop_when(run.event), init_image=options.init_image,
+                              strength=options.strength, negative_prompt=options.negative_prompt,
+                              shift=options.shift, guidance_interval=options.guidance_interval,
+                              guidance=options.guidance)
+        strength = options.strength if options.init_image is not None and options.strength < 1 else None
+        return Started(states, steps, cfg, seed, settings.sampler, strength)
+
+    def follow(self, run: Run, loaded: Loaded, states: Iterator[StepState], preview: str,
+               ) -> Iterator[tuple[StepState, Image.Image | None, bool]]:
+        """Run ``states`` in a sampler thread and yield ``(newest step, preview sheet or None, False)`` whenever
+        the sampler has a step newer than the last one yielded, at the display rate (a preview when one is
+        due and the app's budget allows), then ``(last step, None, True)``. Raises what the sampler raised.
+        Closing it (or any end) stops the run at the sampler's next step end and waits for the thread."""
+        sampler_thread = SamplerThread(states)
+        with self._count_lock:
+            self._streaming += 1
+        try:
+            state, next_update, next_preview, last_preview = None, 0.0, 0.0, time.perf_counter()
+            while True:
+                sampler_thread.wait(next_update - time.perf_counter())  # ends early when the run does
+                if sampler_thread.done and sampler_thread.error is None:
+                    break  # the final images follow at once
+                newest = sampler_thread.newer_than(-1 if state is None else state.index)
+                if newest is None:
+                    break
+                sheet = None
+                if time.perf_counter() >= next_preview:
+                    began = time.perf_counter()
+                    sheet = self.previews.decode(id(run), last_preview,
+                                                 lambda s=newest: grid(preview_images(loaded, s, preview)))
+                    if sheet is not None:
+                        next_preview, last_preview = began + self.preview_interval, began
+                yield newest, sheet, False
+                state = newest
+                next_update = time.perf_counter() + max(self.update_interval, self._streaming / self.updates_per_s)
+            if sampler_thread.error is not None:
+                raise sampler_thread.error
+            last = sampler_thread.newest  # the run's last step
+            if last is None:
+                raise RuntimeError("the sampler ended before its first step")
+            yield last, None, True
+        finally:  # a page that went away stops its run at the next step end
+            run.event.set()
+            sampler_thread.join()
+            self.previews.forget(id(run))
+            with self._count_lock:
+                self._streaming -= 1
+
     def run(self, prompt: str, cfg: float, steps: int, seed: int, num_images: int, sampler: str, preview: str,
-            request: gr.Request) -> Iterator[Output]:
+            request: gr.Request, init_image: str | None = None, strength: float = 1.0,
+            negative_prompt: str | None = None, shift: float = 1.0, guidance_interval_lo: float = 0.0,
+            guidance_interval_hi: float = 1.0, guidance: str = "cfg") -> Iterator[Output]:
         """Generate images from a prompt, streaming the newest step as it comes.
 
         Yields (preview, status, gallery): "Step k / N" whenever the sampler has finished a step the page has
         not seen (the newest one; faster steps are counted, not queued), with a preview of that step about
         every ``preview_interval`` seconds (else ``gr.skip()``), then a last one with the final images in the
         gallery. The pipeline checks the request and owns the run; Stop reaches it through its step callback.
+        ``init_image`` (a file) with ``strength`` < 1 starts from that image; the other options go to the
+        pipeline by the same names (``guidance_interval`` as its two ends).
         """
+        settings = Settings(cfg, steps, seed, sampler, preview, init_image, strength, negative_prompt, shift,
+                            guidance_interval_lo, guidance_interval_hi, guidance)
         with refusals():
-            check_choice("Preview", preview, PREVIEW_MODES)  # the page's own setting; the pipeline checks the rest
+            image = self.precheck(settings)
         with (self.runs.start(session_id(request)) as run,
               self.engine.model_slot(run.event, kind="generation") as held):
             if not held:  # stopped while waiting for a free model run
@@ -142,61 +268,34 @@ class GenerateHandlers:
                 loaded = self.engine.get()
             except EngineError as exc:
                 raise refuse(str(exc)) from None
-            pipe = loaded.generator
             with refusals():  # every value, and the prompt's length in tokens, in the page's words
-                steps, cfg, num_images, seed = pipe.check_inputs(prompt, steps, cfg, num_images, sampler, seed,
-                                                                 names=FIELD_NAMES)
-                states = pipe.iterate(prompt, steps, cfg, seed, num_images, sampler,
-                                      callback_on_step_end=stop_when(run.event))
+                started = self.begin(loaded, run, prompt, num_images, settings, image)
             start = time.perf_counter()
-            sampler_thread = SamplerThread(states)
-            with self._count_lock:
-                self._streaming += 1
             try:
-                state, next_update, next_preview, last_preview = None, 0.0, 0.0, start
-                while True:
-                    sampler_thread.wait(next_update - time.perf_counter())  # ends early when the run does
-                    if sampler_thread.done and sampler_thread.error is None:
-                        break  # the final images follow at once
-                    newest = sampler_thread.newer_than(-1 if state is None else state.index)
-                    if newest is None:
-                        break
-                    sheet = None
-                    if time.perf_counter() >= next_preview:
-                        began = time.perf_counter()
-                        sheet = self.previews.decode(id(run), last_preview,
-                                                     lambda s=newest: grid(preview_images(loaded, s, preview)))
-                        if sheet is not None:
-                            next_preview, last_preview = began + self.preview_interval, began
-                    status = f"Step **{newest.index + 1} / {steps}** · {time.perf_counter() - start:.1f} s"
-                    yield (gr.skip() if sheet is None else sheet), status, ([] if state is None else gr.skip())
-                    state = newest
-                    next_update = time.perf_counter() + max(self.update_interval, self._streaming / self.updates_per_s)
-                if sampler_thread.error is not None:
-                    raise sampler_thread.error
-                state = sampler_thread.newest  # the run's last step
-                if state is None:
-                    raise RuntimeError("the sampler ended before its first step")
-                images = pipe.decode(state.result)
+                with closing(self.follow(run, loaded, started.states, preview)) as updates:
+                    first = True
+                    for state, sheet, done in updates:
+                        if done:
+                            break
+                        status = f"Step **{state.index + 1} / {state.num_steps}** · {time.perf_counter() - start:.1f} s"
+                        yield (gr.skip() if sheet is None else sheet), status, ([] if first else gr.skip())
+                        first = False
+                    images = loaded.generator.decode(state.result)
             except (ValueError, FloatingPointError, RuntimeError) as exc:
                 raise refuse(f"Generation failed: {exc}") from None
             except Exception as exc:  # a bug: the operator gets the traceback, the user one line
                 log.exception("generation failed")
                 raise refuse(f"Generation failed ({type(exc).__name__}): {exc}") from None
-            finally:  # a page that went away stops its run at the next step end
-                run.event.set()
-                sampler_thread.join()
-                self.previews.forget(id(run))
-                with self._count_lock:
-                    self._streaming -= 1
             seconds = time.perf_counter() - start
-            settings = f"{SAMPLER_NAMES.get(sampler, sampler)}, CFG {cfg:g}, seed {seed}"
+            settings_text = describe(started)
             if not state.finished:
-                status = f"Stopped at step **{state.index + 1} / {steps}** after {seconds:.1f} s ({settings})"
-                captions = [f"seed {seed + k} · stopped at step {state.index + 1}" for k in range(len(images))]
+                status = (f"Stopped at step **{state.index + 1} / {state.num_steps}** after {seconds:.1f} s "
+                          f"({settings_text})")
+                captions = [f"seed {started.seed + k} · stopped at step {state.index + 1}" for k in range(len(images))]
             else:
-                status = f"Done: **{len(images)} image(s)** in {seconds:.1f} s · {steps} steps ({settings})"
-                captions = [f"seed {seed + k}" for k in range(len(images))]
+                status = (f"Done: **{len(images)} image(s)** in {seconds:.1f} s · {state.num_steps} steps "
+                          f"({settings_text})")
+                captions = [f"seed {started.seed + k}" for k in range(len(images))]
             # the preview stays as it is (re-sending the same image would rewrite the file the page is reading)
             yield gr.skip(), status, list(zip(images, captions))
 

@@ -36,3 +36,12 @@ def open_image(path: str | Path) -> Image.Image:
     images, truncated images and images above ``limits.MAX_IMAGE_PIXELS``, the last from the header
     alone). Messages name the upload by its file name, never by where the server stored it."""
     return load_image(path, name=Path(path).name)
+
+
+def check_image_upload(payload: Any) -> Any:
+    """An image component's upload, refused with the core loader's words (naming the file by its own name)
+    when it is not a readable image or too large; returned unchanged otherwise (``None``: no image)."""
+    path = getattr(payload, "path", None)
+    if path:
+        load_image(path, name=getattr(payload, "orig_name", None) or Path(path).name)
+    return payload

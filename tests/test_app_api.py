@@ -31,7 +31,9 @@ from tools.serve import serve
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "assets" / "examples" / "red_circle_blue_square.png"
-ENDPOINTS = ["/chat", "/stop_chat", "/clear_chat", "/generate", "/stop_generate", "/random_seed"]
+ENDPOINTS = ["/chat", "/draw", "/stop_chat", "/clear_chat", "/generate", "/stop_generate", "/random_seed"]
+OPTIONS = ["init_image", "strength", "negative_prompt", "shift", "guidance_interval_lo", "guidance_interval_hi",
+           "guidance"]
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +69,15 @@ def wait_for(job, n: int, timeout: float = 30.0) -> None:
 def test_every_action_is_a_documented_endpoint(client):
     api = client.view_api(return_format="dict", print_info=False)
     assert set(ENDPOINTS) <= set(api["named_endpoints"])
-    chat_params = [p["parameter_name"] for p in api["named_endpoints"]["/chat"]["parameters"]]
-    assert chat_params == ["message", "temperature", "top_p", "max_new_tokens", "seed"]
+    params = {name: [p["parameter_name"] for p in api["named_endpoints"][name]["parameters"]]
+              for name in ("/chat", "/draw", "/generate")}
+    sampling = ["cfg", "steps", "seed", "sampler", "preview"]
+    assert params["/chat"] == ["message", "temperature", "top_p", "max_new_tokens", "seed",
+                               *(f"draw_{p}" for p in sampling + OPTIONS)]  # the new inputs after the old ones
+    assert params["/draw"] == ["message", *sampling, *OPTIONS]
+    assert params["/generate"] == ["prompt", "cfg", "steps", "seed", "num_images", "sampler", "preview", *OPTIONS]
     docs = (REPO / "docs" / "api.md").read_text()
-    assert all(f"`{e}`" in docs for e in ENDPOINTS)
+    assert all(f"`{e}`" in docs for e in ENDPOINTS) and all(f"`{p}`" in docs for p in OPTIONS)
 
 
 def test_chat_answer_streams_in_several_pieces(client):
@@ -131,6 +138,7 @@ def test_chat_refuses_bad_input(client, tmp_path):
 
 
 GOOD_GENERATION = ["a red circle", 2.0, 2, 1, 1, "euler", "x1"]
+GOOD_OPTIONS = [None, 1.0, "", 1.0, 0.0, 1.0, "cfg"]  # the page's defaults with no init image
 GOOD_CHAT = [{"text": "hi", "files": []}, 0, 0.9, 3, 0]
 SHAPE = re.escape('Message must be {"text": str, "files": [file, ...]} (files may be empty)')
 # (endpoint, input index, wrong value, the message's start): every input of both endpoints, wrong types
@@ -202,19 +210,24 @@ def test_raw_calls_with_nan_infinity_or_too_few_inputs_get_clear_messages(served
          "Steps must be a whole number from 1 to 100, got nan"),
         ("/generate", '["a red circle", Infinity, 5, 1, 1, "euler", "x1"]',
          "CFG must be a number from 0 to 10, got inf"),
-        ("/generate", '["a red circle", 2.0]', "/generate takes 7 inputs (Prompt, CFG, Steps, Seed, Number of images, "
-                                               "Sampler, Live preview shows); got 2."),
+        ("/generate", '["a red circle", 2.0]',
+         "/generate takes 7 to 14 inputs (Prompt, CFG, Steps, Seed, Number of images, Sampler, Live preview shows, "
+         "Init image, Strength, Negative prompt, Shift, Guidance interval LO, Guidance interval HI, Guidance); got 2."),
         ("/chat", '[{"text": "hi", "files": []}, -Infinity, 0.9, 5, 0]',
          "Temperature must be a number from 0 to 2, got -inf"),
-        ("/chat", '[]', "/chat takes 5 inputs (Message, Temperature, Top-p, Max new tokens, Seed); got 0."),
-        ("/chat", '["hello"]', "/chat takes 5 inputs"),
+        ("/chat", '[]', "/chat takes 5 to 17 inputs (Message, Temperature, Top-p, Max new tokens, Seed, CFG, "),
+        ("/chat", '["hello"]', "/chat takes 5 to 17 inputs"),
+        ("/draw", '[]', "/draw takes 13 inputs (Message, CFG, Steps, Seed, Sampler, Live preview shows, Init image, "),
     ]
     with server_log() as log:
         for endpoint, data, expected in cases:
             events = raw_call(url, endpoint, f'{{"data": {data}}}')
             assert "event: error" in events and expected in events, (endpoint, data, events)
-        done = raw_call(url, "/generate", json.dumps({"data": GOOD_GENERATION}))
-        assert "event: complete" in done and "Done" in done
+        for data in (GOOD_GENERATION, GOOD_GENERATION + GOOD_OPTIONS):  # written before the options, or with them
+            done = raw_call(url, "/generate", json.dumps({"data": data}))
+            assert "event: complete" in done and "Done" in done
+        done = raw_call(url, "/chat", json.dumps({"data": GOOD_CHAT}))
+        assert "event: complete" in done and "tokens/s" in done
     printed = log()
     assert "Traceback" not in printed and "verbose error reporting" not in printed, printed[-2000:]
 
@@ -305,6 +318,66 @@ def test_two_sessions_at_once_keep_their_own_history_previews_and_seeds(served):
     assert "seed 200" in b_gen[-1][1] and "Heun" in b_gen[-1][1]
     got = Image.open(a_gen[-1][2][0]["image"]).convert("RGB")
     assert got.tobytes() == solo_a.images[0].tobytes()  # B's run at the same time changed nothing in A's
+
+
+def test_generate_takes_the_new_options_and_old_callers_still_work(client, served):
+    loaded = served[1].get()
+    options = {"init_image": handle_file(str(EXAMPLE)), "strength": 0.5, "negative_prompt": "a blue square",
+               "shift": 2.0, "guidance_interval_lo": 0.2, "guidance_interval_hi": 0.9, "guidance": "cfg-zero-star"}
+    _, status, gallery = client.predict("a red circle", 3.0, 6, 4, 1, "euler", "x1-fast", **options,
+                                        api_name="/generate")
+    direct = GenerationPipeline(loaded.bundle)(
+        "a red circle", steps=6, guidance_scale=3.0, seed=4, init_image=Image.open(EXAMPLE), strength=0.5,
+        negative_prompt="a blue square", shift=2.0, guidance_interval=(0.2, 0.9), guidance="cfg-zero-star")
+    assert Image.open(gallery[0]["image"]).convert("RGB").tobytes() == direct.images[0].tobytes()
+    assert "from the init image at strength 0.5" in status
+    _, status, gallery = client.predict("a red circle", 3.0, 6, 4, 1, "euler", "x1-fast", api_name="/generate")
+    plain = GenerationPipeline(loaded.bundle)("a red circle", steps=6, guidance_scale=3.0, seed=4)
+    assert Image.open(gallery[0]["image"]).convert("RGB").tobytes() == plain.images[0].tobytes()  # 7 inputs: as before
+
+
+def test_bad_options_are_refused_then_a_good_call_runs(client, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    cases = [({"strength": 0}, "Strength must be a number above 0 and at most 1, got 0"),
+             ({"strength": 1.2}, "Strength must be a number above 0 and at most 1, got 1.2"),
+             ({"guidance_interval_lo": 0.7, "guidance_interval_hi": 0.3}, "got LO 0.7 above HI 0.3"),
+             ({"init_image": handle_file(str(notes))}, "Init image: notes.png is not a readable image|"
+                                                       "notes.png is not a readable image"),
+             ({"negative_prompt": "x" * 4001}, "negative prompt is 4001 characters long; the limit is 4000"),
+             ({"negative_prompt": "Ω" * 400}, r"The negative prompt is \d+ tokens; the limit is \d+"),
+             ({"guidance": "pag"}, "Guidance must be one of cfg, cfg-zero-star, apg; got 'pag'"),
+             ({"shift": "big"}, "Shift must be a number from 0.1 to 10, got 'big'")]
+    with server_log() as log:
+        for change, expected in cases:
+            with pytest.raises(AppError, match=expected):
+                client.predict(*GOOD_GENERATION, api_name="/generate", **change)
+            with pytest.raises(AppError, match=expected):  # a drawing takes the same settings
+                client.predict({"text": "a circle", "files": []}, api_name="/draw",
+                               **{k: v for k, v in change.items()})
+        assert "Done" in client.predict(*GOOD_GENERATION, api_name="/generate")[1]
+    assert "Traceback" not in log(), log()[-2000:]
+
+
+def test_drawing_through_the_api_then_a_question_about_it(served):
+    client = new_client(served)
+    loaded = served[1].get()
+    chatbot, stats = client.predict({"text": "/draw a red circle", "files": []}, 0.0, 0.9, 5, 0,
+                                    draw_steps=3, draw_seed=5, api_name="/chat")
+    expected = GenerationPipeline(loaded.bundle)("a red circle", steps=3, seed=5).images[0]
+    assert chatbot[0]["content"][-1]["text"] == "/draw a red circle" and "Drawn in" in stats
+    assert chatbot[1]["content"][0]["type"] == "file"
+    file = chatbot[1]["content"][0]["file"]  # gradio_client downloads it: a local path
+    assert Image.open(file if isinstance(file, str) else file["path"]).convert("RGB").tobytes() == expected.tobytes()
+    chatbot, stats = client.predict({"text": "How many circles?", "files": []}, 0.0, 0.9, 5, 0, api_name="/chat")
+    assert len(chatbot) == 4 and "tokens/s" in stats
+    prompt_tokens = int(stats.split("prompt ")[1].split()[0])
+    with_image = loaded.chat.prompt_length([{"role": "user", "content": "How many circles?", "images": [expected]}])
+    assert prompt_tokens == with_image  # the drawn image went with the question, the drawing's text did not
+    job = client.submit({"text": "a blue square", "files": []}, steps=3, seed=6, api_name="/draw")
+    chatbot, stats = job.result()
+    assert len(chatbot) == 6 and chatbot[-1]["content"][0]["type"] == "file" and "Drawn in" in stats
+    assert client.predict(api_name="/clear_chat") == ([], "")
 
 
 # -- property: through the API, whatever is sent, a result or one clear message ----------------------------

@@ -6,6 +6,7 @@ so a broken browser set-up can never pass silently.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from contextlib import contextmanager
@@ -20,7 +21,9 @@ import torch
 from helpers_images import huge_png_header, text_as_png, truncated_png
 from PIL import Image
 
+from janusflow_core import GenerationPipeline
 from tools.browser import (
+    _INPUT_READY,
     _WATCH_CHAT,
     _WATCH_PREVIEW,
     ask,
@@ -262,6 +265,117 @@ def test_clear_and_stop_in_the_middle_of_a_run_leave_everything_usable(page):
     set_number(page, "max-new-tokens", 20)
     ask(page, "hello again")  # the cleared answer's run has ended: this one is not refused as a second run
     assert page.locator("#chatbot .bot").count() == 1
+
+
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+except ImportError:  # the page fixture skips (or fails in CI) before any test needs it
+    PlaywrightTimeout = TimeoutError
+
+
+def set_slider(page, elem_id: str, value: float, tries: int = 5) -> None:
+    """Type a slider's value and wait until the slider itself holds it (a click right after the typing could
+    otherwise send the old value); typed again if the slider was still being laid out (an accordion that has
+    just opened renders its contents then) and dropped it."""
+    holds = f"() => Number(document.querySelector('#{elem_id} input[type=range]').value) == {value}"
+    page.locator(f"#{elem_id} input[type=range]").wait_for(state="visible")
+    for attempt in range(tries):
+        set_number(page, elem_id, value)
+        try:
+            page.wait_for_function(holds, timeout=3_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+    page.locator(f"#{elem_id} input[type=number]").blur()
+
+
+def test_generate_from_an_init_image_with_strength_and_a_negative_prompt(page):
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#init-accordion").get_by_text("Start from an image").click()
+    page.locator("#init-image input[type=file]").set_input_files(str(EXAMPLE))
+    page.wait_for_selector("#init-image img")
+    page.locator("#negative-prompt textarea").fill("a blue square")
+    set_slider(page, "strength", 0)  # bad: 0 would change nothing
+    page.locator(PROMPT).fill("a red circle")
+    page.locator(RUN).click()
+    refusal(page, "Strength must be a number above 0 and at most 1, got 0")
+    usable(page, RUN, PROMPT)
+    set_slider(page, "strength", 0.5)
+    page.locator("#advanced").get_by_text("Advanced").click()
+    set_slider(page, "guidance-lo", 0.8)  # bad: LO above HI
+    set_slider(page, "guidance-hi", 0.2)
+    page.locator(RUN).click()
+    refusal(page, "got LO 0.8 above HI 0.2")
+    usable(page, RUN, PROMPT)
+    set_slider(page, "guidance-lo", 0.2)  # then a good request in the same page
+    set_slider(page, "guidance-hi", 0.9)
+    set_number(page, "gen-seed", 7)
+    generate(page, "a red circle", steps=STEPS)
+    status = page.inner_text("#gen-status")
+    assert "from the init image at strength 0.5" in status and "seed 7" in status
+    src = page.locator("#gallery img").first.get_attribute("src")
+    shown = Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")
+    cfg = float(page.locator("#cfg input[type=number]").input_value())
+    direct = GenerationPipeline(page.engine.get().bundle)(
+        "a red circle", steps=STEPS, guidance_scale=cfg, seed=7, init_image=Image.open(EXAMPLE), strength=0.5,
+        negative_prompt="a blue square", guidance_interval=(0.2, 0.9))
+    assert shown.tobytes() == direct.images[0].tobytes()  # what the page showed is what these settings make
+
+
+_WATCH_DRAWING = """() => { window.__drawSources = []; const root = document.querySelector('#chatbot');
+  new MutationObserver(() => { const bots = root.querySelectorAll('.bot'); const last = bots[bots.length - 1];
+    const img = last && last.querySelector('img'); const src = img && img.getAttribute('src');
+    const seen = window.__drawSources; if (src && seen[seen.length - 1] !== src) seen.push(src); })
+  .observe(root, {subtree: true, childList: true, attributes: true});
+  window.__drawLocked = false; const button = document.querySelector('#chat-draw');
+  new MutationObserver(() => { if (button.disabled) window.__drawLocked = true; })
+  .observe(button, {attributes: true}); }"""
+
+
+def test_draw_in_the_chat_then_ask_about_the_drawing(page):
+    page.get_by_role("tab", name="Generate").click()
+    move_slider(page, "steps", 2 * STEPS)  # a drawing takes the Generate tab's settings (from the test before:
+    # the init image at strength 0.5, so 12 of the 24 steps run)
+    page.get_by_role("tab", name="Chat").click()
+    if page.locator(CLEAR).count():
+        page.locator(CLEAR).click()
+        page.wait_for_function("() => !document.querySelector('#chatbot .message-row')")
+    set_number(page, "max-new-tokens", 20)
+    send(page, "/draw")  # bad: nothing to draw
+    refusal(page, "Type what to draw")
+    usable(page, BOX, SEND, "#chat-draw")
+    assert page.locator("#chatbot .message-row").count() == 0
+    page.locator(BOX).fill("a red circle")
+    with hooked(page.engine, lambda *_: time.sleep(0.1)):  # 12 steps take over 1.2 s: previews stream
+        page.evaluate(_WATCH_DRAWING)
+        page.locator("#chat-draw").click()
+        page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('Drawn in')",
+                               timeout=120_000)
+    page.wait_for_function(_INPUT_READY, timeout=10_000)  # the box is emptied and open again
+    usable(page, "#chat-draw")
+    sources = page.evaluate("window.__drawSources")
+    assert len(sources) >= 3 and page.evaluate("window.__drawLocked")  # previews, then the image; locked meanwhile
+    assert page.locator("#chatbot .bot img").count() == 1 and "/draw a red circle" in page.inner_text("#chatbot .user")
+    caption = page.inner_text("#chatbot .bot")
+    assert "seed 7" in caption and "from the init image at strength 0.5" in caption and "12 steps" in caption
+    box = page.locator("#chatbot .bot img").bounding_box()
+    assert box["width"] >= 128  # a 32 px image, enlarged to be seen
+    ask(page, "How many circles are there?")  # a question about the drawing, in the same conversation
+    assert page.locator("#chatbot .bot").count() == 2 and page.locator("#chatbot .bot img").count() == 1
+    stats = page.inner_text("#chat-stats")
+    with_image = page.engine.get().chat.prompt_length(
+        [{"role": "user", "content": "How many circles are there?", "images": [Image.new("RGB", (32, 32))]}])
+    assert f"prompt {with_image} tokens" in stats  # the model read the drawn image with the question
+    with hooked(page.engine, lambda *_: time.sleep(0.2)):  # typed with the prefix this time, then stopped
+        page.evaluate(_WATCH_DRAWING)
+        send(page, "/draw a green triangle")
+        page.wait_for_function("() => window.__drawSources.length >= 2", timeout=60_000)
+        page.locator("#chat-stop").click()
+        page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('stopped at step')",
+                               timeout=60_000)
+    usable(page, BOX, SEND, "#chat-draw")
+    assert page.locator("#chatbot .bot img").count() == 2 and "Stopped at step" in page.inner_text("#chatbot")
 
 
 def test_a_missing_browser_fails_in_ci_and_skips_locally(monkeypatch):

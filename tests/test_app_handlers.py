@@ -17,7 +17,7 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from helpers_images import huge_png_header, truncated_png
+from helpers_images import huge_png_header, text_as_png, truncated_png
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -158,7 +158,8 @@ def test_every_run_unlocks_what_it_locked_whatever_way_it_ends(tiny_model_dir):
     ``then`` steps only when the step before succeeded."""
     demo = create_demo(Engine(tiny_model_dir))
     fns = {f._id: f for f in demo.fns.values()}
-    for api_name, locked in [("chat", {"Message"}), ("generate", {"Prompt", "Generate"})]:
+    for api_name, locked in [("chat", {"Message", "Draw"}), ("draw", {"Message", "Draw"}),
+                             ("generate", {"Prompt", "Generate"})]:
         run = next(f for f in fns.values() if f.api_name == api_name)
         lock = fns[run.trigger_after]
         assert {getattr(b, "label", None) or b.value for b in lock.outputs} == locked
@@ -167,11 +168,14 @@ def test_every_run_unlocks_what_it_locked_whatever_way_it_ends(tiny_model_dir):
                    and all(isinstance(u, dict) and u.get("interactive") is True for u in updates(f))]
         assert {(f.trigger_only_on_success, f.trigger_only_on_failure) for f in unlocks} == {(False, False),
                                                                                                (False, True)}
-        assert [b.elem_id for b in run.show_progress_on] == [{"chat": "chat-stats", "generate": "gen-status"}[api_name]]
+        status = {"chat": "chat-stats", "draw": "chat-stats", "generate": "gen-status"}[api_name]
+        assert [b.elem_id for b in run.show_progress_on] == [status]
     clear = next(f for f in fns.values() if f.api_name == "clear_chat")
+    cancel = next(f for f in fns.values() if f.is_cancel_function and f.targets == clear.targets)
+    assert {fns[i].api_name for i in cancel.cancels} == {"chat", "draw"}  # Clear cancels an answer or a drawing
     unlock = next(f for f in fns.values() if f.trigger_after == clear._id)
-    assert [b.label for b in unlock.outputs] == ["Message"] and updates(unlock) == [{"__type__": "update",
-                                                                                     "interactive": True}]
+    assert [getattr(b, "label", None) or b.value for b in unlock.outputs] == ["Message", "Draw"]
+    assert updates(unlock) == [{"__type__": "update", "interactive": True}] * 2
 
 
 def updates(step) -> list[dict]:
@@ -771,3 +775,244 @@ def test_chats_and_generations_hold_runs_of_their_own_kind(tiny_model_dir):
         assert list(GenerateHandlers(engine).run("a red circle", 2.0, 2, 1, 1, "euler", "x1-fast", session("g")))
         with engine.model_slot(kind="generation"):
             pass
+
+
+# -- the Generate tab's options ------------------------------------------------------------------------------
+
+OPTIONS = {"init_image": str(EXAMPLE), "strength": 0.5, "negative_prompt": "a blue square", "shift": 2.0,
+           "guidance_interval_lo": 0.2, "guidance_interval_hi": 0.9, "guidance": "apg"}
+
+
+def test_the_generate_tab_s_options_reach_the_pipeline(gen, engine):
+    outputs = list(gen.run("a red circle", 3.0, 6, 4, 1, "euler", "x1", session("options"), **OPTIONS))
+    status, gallery = outputs[-1][1], outputs[-1][2]
+    direct = GenerationPipeline(engine.get().bundle)(
+        "a red circle", steps=6, guidance_scale=3.0, seed=4, init_image=Image.open(EXAMPLE), strength=0.5,
+        negative_prompt="a blue square", shift=2.0, guidance_interval=(0.2, 0.9), guidance="apg")
+    assert gallery[0][0].tobytes() == direct.images[0].tobytes()
+    assert f"{direct.steps_planned} steps" in status and "from the init image at strength 0.5" in status
+    assert direct.steps_planned < 6  # image to image ran only the tail of the grid
+    plain = run_gen(gen, cfg=3.0, steps=6, seed=4, num_images=1)[-1][2][0][0]
+    assert plain.tobytes() != direct.images[0].tobytes()  # the options changed the image
+    for name, value in [("negative_prompt", "a blue square"), ("shift", 2.0), ("guidance", "cfg-zero-star"),
+                        ("guidance_interval_lo", 0.5)]:  # each one alone reaches the pipeline
+        one = list(gen.run("a red circle", 3.0, 6, 4, 1, "euler", "x1", session("options"), **{name: value}))
+        alone = GenerationPipeline(engine.get().bundle)(
+            "a red circle", steps=6, guidance_scale=3.0, seed=4,
+            **({"guidance_interval": (0.5, 1.0)} if name == "guidance_interval_lo" else {name: value}))
+        assert one[-1][2][0][0].tobytes() == alone.images[0].tobytes() != plain.tobytes(), name
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"strength": 0}, "Strength must be a number above 0 and at most 1, got 0"),
+    ({"strength": 1.5}, "Strength must be a number above 0 and at most 1, got 1.5"),
+    ({"guidance_interval_lo": 0.8, "guidance_interval_hi": 0.2},
+     "Guidance interval must be two numbers LO HI with 0 <= LO <= HI <= 1; got LO 0.8 above HI 0.2"),
+    ({"guidance_interval_hi": 1.5}, "Guidance interval HI must be a number from 0 to 1, got 1.5"),
+    ({"negative_prompt": "x" * 4001}, "The negative prompt is 4001 characters long; the limit is 4000"),
+    ({"negative_prompt": "Ω" * 400}, r"The negative prompt is \d+ tokens; the limit is \d+. Shorten it."),
+    ({"shift": 0}, "Shift must be a number from 0.1 to 10, got 0"),
+    ({"guidance": "pag"}, "Guidance must be one of cfg, cfg-zero-star, apg; got 'pag'"),
+    ({"init_image": "notes"}, "notes.png is not a readable image"),
+    ({"init_image": "cut"}, "cut.png could not be decoded as an image"),
+])
+def test_generation_refuses_bad_options_clearly_and_then_runs(gen, tmp_path, change, expected):
+    files = {"notes": str(text_as_png(tmp_path / "notes.png")), "cut": str(truncated_png(tmp_path / "cut.png"))}
+    change = {k: files.get(v, v) if k == "init_image" else v for k, v in change.items()}
+    with pytest.raises(gr.Error, match=expected) as refused:
+        list(gen.run("a red circle", 2.0, 3, 1, 1, "euler", "x1", session("bad-options"), **change))
+    assert str(tmp_path) not in refused.value.message  # an upload is named by its file name only
+    assert "Done" in list(gen.run("a red circle", 2.0, 2, 1, 1, "euler", "x1", session("bad-options"),
+                                  **OPTIONS))[-1][1]
+
+
+# -- drawing in the chat ---------------------------------------------------------------------------------------
+
+
+def draw_via_prefix(chat, text, conversation=None, sid="draw", **settings):
+    return list(chat.submit(text, 0.0, 0.9, 5, 0, conversation, session(sid), **settings))
+
+
+def image_of(message) -> Image.Image:
+    return Image.open(message["content"][0]["path"]).convert("RGB")
+
+
+def test_draw_prefix_and_button_add_a_user_message_and_an_assistant_image(chat, engine):
+    direct = GenerationPipeline(engine.get().bundle)("a red circle", steps=3, seed=5).images[0]
+    by_prefix = draw_via_prefix(chat, "/draw a red circle", draw_steps=3, draw_seed=5)
+    by_button = list(chat.draw({"text": "a red circle", "files": []}, steps=3, seed=5, request=session("button")))
+    for outputs in (by_prefix, by_button):
+        chatbot, stats, conversation = outputs[-1]
+        assert [t["role"] for t in conversation] == ["user", "assistant"]
+        assert conversation[0]["content"] == "/draw a red circle" and conversation[0]["images"] == []
+        assert conversation[1]["images"][0].tobytes() == direct.tobytes()  # the Generate tab's pipeline, one image
+        assert image_of(chatbot[1]).tobytes() == direct.tobytes() and "seed 5" in chatbot[1]["content"][-1]
+        assert "Drawn in" in stats and "3 steps" in stats
+        assert outputs[0][0][-1]["content"] == ["Drawing …"] and outputs[0][2] == []  # shown at once, kept at the end
+    assert draw_prefix_is_only_a_prefix(chat)
+
+
+def draw_prefix_is_only_a_prefix(chat) -> bool:
+    from app.chat import draw_prompt
+
+    assert [draw_prompt(t) for t in ("/draw a b", " /DRAW  a b ", "/draw", "/draw\nx", "/drawing", "a /draw")] == [
+        "a b", "a b", "", "x", None, None]
+    conversation = draw_via_prefix(chat, "/drawings are nice", sid="not-a-draw")[-1][2]
+    return conversation[1].get("drawn") is None  # a question, answered in text
+
+
+def test_the_settings_of_the_generate_tab_shape_the_drawing(chat, engine):
+    settings = {"cfg": 3.0, "steps": 6, "seed": 4, "sampler": "heun", **OPTIONS}
+    drawn = list(chat.draw("a red circle", **settings, request=session("settings")))[-1][2][1]["images"][0]
+    direct = GenerationPipeline(engine.get().bundle)(
+        "a red circle", steps=6, guidance_scale=3.0, seed=4, sampler="heun", init_image=Image.open(EXAMPLE),
+        strength=0.5, negative_prompt="a blue square", shift=2.0, guidance_interval=(0.2, 0.9), guidance="apg")
+    assert drawn.tobytes() == direct.images[0].tobytes()
+
+
+def test_previews_stream_into_the_conversation(stepwise, engine):
+    chat = ChatHandlers(engine, drawing=stepwise)
+    pipe = engine.get().generator
+    states = list(pipe.iterate("a red circle", 5, 2.0, 3, 1, "euler"))
+    with Gate(engine) as gate:
+        run = chat.draw("a red circle", 2.0, 5, 3, request=session("draw-previews"))
+        assert next(run)[0][-1]["content"] == ["Drawing …"]
+        gate.release(2)  # the prompt, then step 1
+        outputs = []
+        for _ in range(4):
+            outputs.append(next(run))
+            gate.release(1)
+        outputs += list(run)
+    for k, (chatbot, stats, conversation) in enumerate(outputs[:4]):
+        assert chatbot[-1]["role"] == "assistant" and chatbot[-1]["content"][-1].startswith(f"Step {k + 1} / 5")
+        assert image_of(chatbot[-1]).tobytes() == grid(pipe.preview(states[k], "x1")).tobytes()  # that step's
+        assert stats == "" and conversation == []  # the conversation changes once, at the end
+    assert len(outputs[-1][2]) == 2 and outputs[-1][2][1]["drawn"]
+
+
+def test_the_next_question_gets_the_drawn_image(chat, engine, monkeypatch):
+    drawn = draw_via_prefix(chat, "/draw a red circle", draw_steps=3, draw_seed=5)[-1][2]
+    image = drawn[1]["images"][0]
+    loaded, seen = engine.get(), []
+    real = loaded.chat.stream
+
+    def spy(messages, *args, **kwargs):
+        seen.append(messages)
+        return real(messages, *args, **kwargs)
+
+    monkeypatch.setattr(loaded.chat, "stream", spy)
+    _, stats, conversation = ask(chat, "How many circles are there?", drawn, max_new_tokens=3)[-1]
+    assert [m["role"] for m in seen[-1]] == ["user"]  # the drawing exchange is not text the model reads
+    assert seen[-1][0]["content"] == "How many circles are there?" and seen[-1][0]["images"] == [image]
+    assert len(conversation) == 4 and conversation[1]["drawn"]  # the page keeps the drawing in place
+    ask(chat, "And its colour?", conversation, max_new_tokens=3)
+    assert [len(m["images"]) for m in seen[-1]] == [1, 0, 0]  # still there, with the question it came with
+    # an image of one's own goes after the drawn one
+    ask(chat, {"text": "Which is bigger?", "files": [str(EXAMPLE)]}, drawn, max_new_tokens=3)
+    assert seen[-1][0]["images"][0] is image and seen[-1][0]["images"][1].size == Image.open(EXAMPLE).size
+
+
+def test_stop_mid_draw_keeps_the_last_step_s_image_and_frees_the_session(stepwise, engine):
+    chat = ChatHandlers(engine, drawing=stepwise)
+    with Gate(engine) as gate:
+        run = chat.draw("a red circle", 2.0, 20, 3, request=session("draw-stop"))
+        next(run)
+        gate.release(2)
+        shown = next(run)[0][-1]
+        assert shown["content"][-1].startswith("Step 1 / 20")
+        chat.stop(session("someone-else"))  # another session's Stop changes nothing here
+        gate.release(1)
+        gate.wait_entered(4)
+        chat.stop(session("draw-stop"))  # step 3 is under way: the drawing stops when it ends
+        gate.release(10_000)
+        rest = list(run)
+    chatbot, stats, conversation = rest[-1]
+    assert "Stopped at step 3 / 20" in chatbot[-1]["content"][-1] and "stopped at step 3 / 20" in stats
+    assert conversation[1]["drawn"] and conversation[1]["images"][0].size == (32, 32)  # kept for the next question
+    assert ask(chat, "hello", conversation, sid="draw-stop", max_new_tokens=3)  # the session is free again
+
+
+def test_clear_mid_draw_sends_nothing_more(stepwise, engine):
+    chat = ChatHandlers(engine, drawing=stepwise)
+    with Gate(engine) as gate:
+        run = chat.draw("a red circle", 2.0, 20, 3, request=session("draw-clear"))
+        next(run)
+        gate.release(2)
+        next(run)
+        cleared = threading.Thread(target=chat.clear, args=(session("draw-clear"),))
+        cleared.start()
+        gate.release(10_000)
+        rest = list(run)
+        cleared.join(10)
+    assert rest == []
+
+
+@pytest.mark.parametrize("text, settings, expected", [
+    ("/draw", {}, "Type what to draw"),
+    ("/draw    ", {}, "Type what to draw"),
+    ("/draw " + "x" * 4000, {}, "characters long; the limit is 4000"),
+    ("/draw " + "Ω" * 400, {}, r"The drawing prompt is \d+ tokens; the limit is \d+"),
+    ({"text": "/draw a circle", "files": [str(EXAMPLE)]}, {}, "A drawing is made from the text alone"),
+    ("/draw a circle", {"draw_strength": 0}, "Strength must be a number above 0 and at most 1, got 0"),
+    ("/draw a circle", {"draw_guidance_interval_lo": 0.9, "draw_guidance_interval_hi": 0.1}, "got LO 0.9 above HI"),
+    ("/draw a circle", {"draw_steps": 0}, "Steps must be a whole number from 1 to 100, got 0"),
+])
+def test_a_bad_drawing_is_refused_and_the_chat_still_works(chat, text, settings, expected):
+    with pytest.raises(gr.Error, match=expected):
+        draw_via_prefix(chat, text, sid="bad-draw", **settings)
+    with pytest.raises(gr.Error, match="Type what to draw"):  # the button says the same for an empty box
+        list(chat.draw({"text": "", "files": []}, request=session("bad-draw")))
+    assert "tokens/s" in ask(chat, "hello", sid="bad-draw", max_new_tokens=3)[-1][1]
+
+
+def test_a_drawing_that_fails_midway_is_one_line_and_the_chat_goes_on(chat, engine, monkeypatch, caplog):
+    loaded = engine.get()
+    real = loaded.generator.iterate
+
+    def breaks_after_one_step(*args, **kwargs):
+        states = real(*args, **kwargs)
+        yield next(states)
+        raise KeyError("latent cache")
+
+    monkeypatch.setattr(loaded.generator, "iterate", breaks_after_one_step)
+    with caplog.at_level("ERROR"):
+        assert refusal_of(draw_via_prefix, chat, "/draw a circle", sid="draw-bug") == (
+            "The drawing failed (KeyError): 'latent cache'")
+    assert caplog.records[-1].exc_info[0] is KeyError
+    monkeypatch.setattr(loaded.generator, "iterate", real)
+    assert draw_via_prefix(chat, "/draw a circle", sid="draw-bug", draw_steps=2)[-1][2][1]["drawn"]
+
+
+OPTION_FIELDS = ("Strength", "negative prompt", "Shift", "Guidance", "Init image", "not a readable image")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(init_image=st.one_of(st.sampled_from([None, str(EXAMPLE), "/nowhere/photo.png", ""]), anything),
+       strength=st.one_of(st.floats(-0.5, 1.5), anything), negative_prompt=st.one_of(st.text(max_size=20), anything),
+       shift=st.one_of(st.floats(0, 11), anything), lo=st.one_of(st.floats(-0.5, 1.5), anything),
+       hi=st.one_of(st.floats(-0.5, 1.5), anything),
+       guidance=st.one_of(st.sampled_from(["cfg", "cfg-zero-star", "apg"]), anything),
+       draw=st.booleans())
+def test_the_options_give_a_result_or_one_clear_message(gen, chat, init_image, strength, negative_prompt, shift, lo,
+                                                         hi, guidance, draw):
+    options = {"init_image": init_image, "strength": strength, "negative_prompt": negative_prompt, "shift": shift,
+               "guidance_interval_lo": lo, "guidance_interval_hi": hi, "guidance": guidance}
+    run = (chat.draw("/draw a circle", 2.0, 2, 1, "euler", "x1-fast", **options, request=session("prop-draw"))
+           if draw else gen.run("a circle", 2.0, 2, 1, 1, "euler", "x1-fast", session("prop-options"), **options))
+    message = first_output_or_refusal(run)
+    assert message is None or (any(f in message for f in OPTION_FIELDS) and "Traceback" not in message), message
+
+
+def test_the_model_reads_drawn_images_with_the_next_user_message_only():
+    from app.chat import model_messages
+
+    a, b, c = (Image.new("RGB", (4, 4), colour) for colour in ("red", "green", "blue"))
+    turns = [{"role": "user", "content": "/draw a", "draw": "a"}, {"role": "assistant", "content": "x",
+                                                                    "images": [a], "drawn": True},
+             {"role": "user", "content": "/draw b", "draw": "b"}, {"role": "assistant", "content": "y",
+                                                                    "images": [b], "drawn": True},
+             {"role": "user", "content": "compare", "images": [c]}, {"role": "assistant", "content": "ok"},
+             {"role": "user", "content": "more"}]
+    messages = model_messages(turns)
+    assert [(m["role"], m["content"], m["images"]) for m in messages] == [
+        ("user", "compare", [a, b, c]), ("assistant", "ok", []), ("user", "more", [])]
