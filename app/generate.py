@@ -52,9 +52,9 @@ FIELD_NAMES = {"prompt": "The prompt", "steps": "Steps", "guidance_scale": "CFG"
                "guidance": "Guidance"}  # the pipeline's refusals name fields by the page's labels
 
 Output = tuple[Any, str, Any]  # (preview image, status line, gallery)
-UPDATE_INTERVAL_S = 0.1  # at most 10 updates (status line, maybe a preview) a second per run
-UPDATES_PER_S = 20  # and at most about 20 a second for all runs together (each costs the server a few ms)
-PREVIEW_INTERVAL_S = 0.1  # at most 10 previews a second per run
+UPDATE_INTERVAL_S = 0.05  # at most 20 updates (status line, maybe a preview) a second per run
+UPDATES_PER_S = 40  # and at most about 40 a second for all runs together (each costs the server a few ms)
+PREVIEW_INTERVAL_S = 0.05  # at most 20 previews a second per run
 PREVIEW_SHARE = 0.5  # all runs' preview decoding together takes at most this share of the time (one decode at once)
 
 
