@@ -376,7 +376,7 @@ def images_run(pipe: GenerationPipeline, n: int, decode: bool = True):
     """``n`` images of PROMPT, 30 Euler steps with CFG (one batch, any n: the request limit is not applied)."""
     tokens, mask = pipe.prompt_rows(PROMPT, n, guided=True)
     state = pipe.encode_prompt(tokens, mask)
-    *_, last = sample(lambda w: pipe.guided_velocity(state, w), pipe.initial_noise(SEED, n), STEPS, "euler",
+    *_, last = sample(lambda w, _t: pipe.guided_velocity(state, w), pipe.initial_noise(SEED, n), STEPS, "euler",
                       CFG_WEIGHT, None)
     return pipe.decode(last.result) if decode and pipe.bundle.vae is not None else last.result
 
