@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -24,6 +22,7 @@ from janusflow_core import GenerationPipeline, load_pretrained
 from janusflow_core.evaluation.scoring import detect, image_passes
 from janusflow_core.shapes.prompts import format_prompt, heldout_rng, parse_prompt, sample_prompt
 from janusflow_core.shapes.world import COLORS, SHAPES, render
+from studies.rows import emit
 
 EDITS = {"recolour": "colors", "reshape": "colors", "recolour-one": "color_attr"}
 STRENGTHS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -77,10 +76,7 @@ def main() -> None:
                    "layout": round(layout / n, 4), "follows": round(follows / n, 4), "both": round(both / n, 4),
                    "steps": pipe.defaults.steps, "cfg": pipe.defaults.guidance_scale,
                    "seconds": round(time.time() - start, 1)}
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with Path(args.out).open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+            emit(row, args.out)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ well-formed object of the asked shape). One JSON line per (cfg, negative prompt)
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 from janusflow_core import GenerationPipeline, load_pretrained
 from janusflow_core.evaluation.scoring import detect, image_passes
+from studies.rows import emit
 
 PROMPTS = ("a circle", "a square", "a triangle")
 
@@ -57,10 +56,7 @@ def main() -> None:
                    "colours": dict(sorted(colours.items())),
                    "with_colour": {c: round(k / n, 4) for c, k in sorted(with_colour.items())},
                    "seconds": round(time.time() - start, 1)}
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with Path(args.out).open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+            emit(row, args.out)
 
 
 if __name__ == "__main__":

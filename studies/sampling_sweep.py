@@ -16,14 +16,13 @@ evaluations per image (Heun: two per step; CFG-Zero*'s zeroed step: none).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 from janusflow_core import GenerationPipeline, load_pretrained
 from janusflow_core.evaluation.benchmarks import run_geneval
+from studies.rows import emit
 
 KEYS = {"cfg": float, "steps": int, "sampler": str, "from": float, "to": float, "shift": float, "guidance": str}
 
@@ -77,10 +76,7 @@ def main() -> None:
                "chance": round(report["chance_baseline"]["overall"], 4),
                "per_task_scores": {k: round(v, 4) for k, v in report["score"]["per_task"].items()},
                "seconds": round(time.time() - start, 1)}
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with Path(args.out).open("a") as f:
-                f.write(json.dumps(row) + "\n")
+        emit(row, args.out)
 
 
 if __name__ == "__main__":

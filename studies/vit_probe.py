@@ -20,7 +20,6 @@ weights, then probes it:
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 
@@ -35,6 +34,7 @@ from janusflow_core.shapes import render, sample_scene
 from janusflow_core.shapes.world import CANVAS, COLORS, SHAPES, Obj
 from janusflow_core.training.encoder_pretrain import pretrain_siglip
 from janusflow_core.training.shapes_recipe import Recipe
+from studies.rows import emit
 
 
 def box_patches(o: Obj, grid: int) -> list[int]:
@@ -113,10 +113,7 @@ def main() -> None:
                  "object_weight": args.object_weight, "pretrain_s": round(time.time() - t0)}
     row = {"model": args.model, "vit": args.vit, **extra, "scenes": args.scenes, "seed": args.seed,
            **probe(tower, args.scenes, args.seed)}
-    print(json.dumps(row))
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    emit(row, args.out)
 
 
 if __name__ == "__main__":
