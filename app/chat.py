@@ -36,8 +36,8 @@ from janusflow_core.limits import (
     check_number,
 )
 
-from .components import refusals, refuse
-from .engine import Engine, EngineError
+from .components import loaded_or_refuse, refusals, refuse
+from .engine import Engine
 from .generate import GenerateHandlers, Settings, describe
 from .inputs import check_text, open_image
 from .sessions import Runs, session_id
@@ -166,10 +166,7 @@ class ChatHandlers:
         with self.runs.start(sid) as run, self.engine.model_slot(run.event) as held:
             if not held:  # stopped while waiting for a free model run
                 return
-            try:
-                loaded = self.engine.get()
-            except EngineError as exc:
-                raise refuse(str(exc)) from None
+            loaded = loaded_or_refuse(self.engine)
             user = {"role": "user", "content": text, "images": images, "files": files}
             pending = turns + [user]
             try:  # the pipeline owns the context window: the oldest exchanges go first
@@ -240,10 +237,7 @@ class ChatHandlers:
         with self.runs.start(session_id(request)) as run, self.engine.model_slot(run.event, kind="generation") as held:
             if not held:  # stopped while waiting for a free model run
                 return
-            try:
-                loaded = self.engine.get()
-            except EngineError as exc:
-                raise refuse(str(exc)) from None
+            loaded = loaded_or_refuse(self.engine)
             with refusals():
                 started = drawing.begin(loaded, run, prompt, 1, settings, image, names=DRAW_NAMES)
             user = {"role": "user", "content": f"{DRAW_PREFIX} {prompt}", "images": [], "files": [], "draw": prompt}

@@ -21,6 +21,8 @@ from pydantic import ValidationError
 
 from janusflow_core.limits import InputError
 
+from .engine import Engine, EngineError, Loaded
+
 C = TypeVar("C", bound=gr.components.Component)
 ERROR_SECONDS = 12  # how long a refusal stays on screen (a toast in the page's top corner)
 
@@ -28,6 +30,14 @@ ERROR_SECONDS = 12  # how long a refusal stays on screen (a toast in the page's 
 def refuse(message: str) -> gr.Error:
     """A user-facing error (a toast in the UI, an AppError for API clients), without a console traceback."""
     return gr.Error(message, duration=ERROR_SECONDS, print_exception=False)
+
+
+def loaded_or_refuse(engine: Engine) -> Loaded:
+    """The engine's loaded pipelines (loading them on first use); a failed load is refused in its own words."""
+    try:
+        return engine.get()
+    except EngineError as exc:
+        raise refuse(str(exc)) from None
 
 
 @contextmanager

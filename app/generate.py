@@ -35,9 +35,9 @@ from janusflow_core.sampling import StepState, stop_when
 from janusflow_core.vae import to_pil
 
 from .background import SamplerThread
-from .components import refusals, refuse
+from .components import loaded_or_refuse, refusals, refuse
 from .display import grid
-from .engine import Engine, EngineError, Loaded
+from .engine import Engine, Loaded
 from .inputs import open_image
 from .sessions import Run, Runs, session_id
 
@@ -264,10 +264,7 @@ class GenerateHandlers:
                 return
             if self.engine.state != "ready":
                 yield gr.skip(), "Loading the model …", gr.skip()
-            try:
-                loaded = self.engine.get()
-            except EngineError as exc:
-                raise refuse(str(exc)) from None
+            loaded = loaded_or_refuse(self.engine)
             with refusals():  # every value, and the prompt's length in tokens, in the page's words
                 started = self.begin(loaded, run, prompt, num_images, settings, image)
             start = time.perf_counter()
