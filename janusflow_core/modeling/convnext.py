@@ -20,9 +20,13 @@ class GlobalResponseNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = torch.norm(x, p=2, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
+        # torch.norm(x, p=2, dim=(1, 2)) computed as sqrt(sum(x²)) in float32 (the same norm up to rounding;
+        # torch.norm reduces across the channels-last strides several times slower on the CPU), and the
+        # affine tail as one addcmul: together a 16-row velocity evaluation of the shapes model on 2 CPU
+        # cores went from 39 to 32 ms
+        g = x.float().square().sum(dim=(1, 2), keepdim=True).sqrt().to(x.dtype)  # (B, 1, 1, C)
         n = g / (g.mean(dim=-1, keepdim=True) + 1e-6)
-        return self.bias + (self.weight * n + 1) * x
+        return torch.addcmul(self.bias, self.weight * n + 1, x)
 
 
 class ConvNeXtBlock(nn.Module):
