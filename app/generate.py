@@ -270,13 +270,14 @@ class GenerateHandlers:
             start = time.perf_counter()
             try:
                 with closing(self.follow(run, loaded, started.states, preview)) as updates:
-                    first = True
                     for state, sheet, done in updates:
                         if done:
                             break
                         status = f"Step **{state.index + 1} / {state.num_steps}** · {time.perf_counter() - start:.1f} s"
-                        yield (gr.skip() if sheet is None else sheet), status, ([] if first else gr.skip())
-                        first = False
+                        # the gallery is sent empty again rather than skipped: Gradio answers gr.skip() for a
+                        # Gallery by rebuilding the component and its API schema, about 3 ms a time even idle,
+                        # and with 8 users that cost the server a third of its time (docs/benchmarks.md)
+                        yield (gr.skip() if sheet is None else sheet), status, []
                     images = loaded.generator.decode(state.result)
             except (ValueError, FloatingPointError, RuntimeError) as exc:
                 raise refuse(f"Generation failed: {exc}") from None
