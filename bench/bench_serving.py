@@ -1,8 +1,12 @@
 """Concurrent users through the app's real endpoint: images per second and latencies for N clients.
 
 The app is launched in-process on a free port (``tools.serve``, as the tests do); for each N in
-``--clients`` that many ``gradio_client`` clients (one session each, like N browser tabs) call
-``/generate`` at the same moment, each with its own prompt and seed and the page's default preview mode.
+``--clients`` that many clients call ``/generate`` at the same moment, each with its own prompt and seed and
+the page's default preview mode. A client is, by default (``--client http``), Gradio's documented REST route
+(``POST /gradio_api/call/generate``, then its event stream) over one keep-alive ``httpx`` connection, as
+light as a browser tab is on the server; ``--client gradio`` uses ``gradio_client`` instead, which opens a
+new HTTP client (and TLS context) for every call: about 0.1 s of CPU per request on this machine's cores,
+which it shares with the server here (on a real deployment the clients are elsewhere).
 The rounds are interleaved (round r runs every N, with batching on and, with ``--compare``, off: the
 engine's batcher is switched off in between), so that a change in a shared machine's load hits every
 figure alike. Printed per N: images per second (N over the median wall time of a round), its ratio to one
@@ -10,7 +14,8 @@ client, the median and maximum latency of a request (submit to final images), th
 median latency of one client alone, the fewest previews a request got, and the rows one forward carried.
 
     python -m bench.bench_serving [--model DIR|tiny] [--clients 1 2 4 8] [--steps 30] [--rounds 3] [--threads N]
-        [--no-batching | --compare] [--preview x1] [--device cpu] [--dtype fp32] [--out FILE.jsonl]
+        [--no-batching | --compare] [--preview x1] [--client http|gradio] [--device cpu] [--dtype fp32]
+        [--out FILE.jsonl]
 
 Without ``--model`` it uses the embedded model (assets/janusflow-shapes) or, when that is missing, a tiny
 random model built on the fly (the header says which).
@@ -39,6 +44,55 @@ PROMPTS = ["a red circle", "a blue circle and a yellow square", "three squares",
            "an orange square below a blue circle"]
 
 
+class HttpClient:
+    """One user over Gradio's REST route and one keep-alive connection: ``generate`` returns the preview
+    files the stream carried (in order) once the final images have come."""
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.http = httpx.Client(base_url=url, timeout=600)
+
+    def generate(self, prompt: str, cfg: float, steps: int, seed: int, preview: str) -> list[str]:
+        reply = self.http.post("/gradio_api/call/generate",
+                               json={"data": [prompt, cfg, steps, seed, 1, "euler", preview]})
+        reply.raise_for_status()
+        previews, event = [], None
+        with self.http.stream("GET", f"/gradio_api/call/generate/{reply.json()['event_id']}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    if event == "error":
+                        raise RuntimeError(f"/generate failed: {line[6:]}")
+                    data = json.loads(line[6:])
+                    if event == "complete":
+                        if not data[2]:
+                            raise RuntimeError(f"/generate ended without images: {data[1]}")
+                        return previews
+                    if isinstance(data[0], dict) and data[0].get("path"):
+                        previews.append(data[0]["path"])
+        raise RuntimeError("/generate's stream ended before its final images")
+
+
+class GradioClient:
+    """One user through ``gradio_client`` (one session, like a browser tab)."""
+
+    def __init__(self, url: str):
+        from gradio_client import Client
+
+        self.client = Client(url, verbose=False, download_files=False)
+
+    def generate(self, prompt: str, cfg: float, steps: int, seed: int, preview: str) -> list[str]:
+        job = self.client.submit(prompt, cfg, steps, seed, 1, "euler", preview, api_name="/generate")
+        job.result()
+        return [str(o[0]) for o in job.outputs()[:-1] if isinstance(o[0], (str, dict))
+                and o[0] != {"__type__": "update"}]
+
+
+CLIENTS = {"http": HttpClient, "gradio": GradioClient}
+
+
 def one_round(clients: list, steps: int, preview: str, round_index: int) -> tuple[float, list[float], list[int]]:
     """All clients generate at once; (wall seconds, each client's latency, each client's preview count)."""
     barrier = threading.Barrier(len(clients))
@@ -50,12 +104,9 @@ def one_round(clients: list, steps: int, preview: str, round_index: int) -> tupl
         try:
             barrier.wait()
             start = time.perf_counter()
-            job = clients[k].submit(PROMPTS[k % len(PROMPTS)], 2.0, steps, 1000 * round_index + k, 1, "euler",
-                                    preview, api_name="/generate")
-            job.result()
+            shown = clients[k].generate(PROMPTS[k % len(PROMPTS)], 2.0, steps, 1000 * round_index + k, preview)
             latencies[k] = time.perf_counter() - start
-            previews[k] = len({str(o[0]) for o in job.outputs()[:-1] if isinstance(o[0], (str, dict))
-                               and o[0] != {"__type__": "update"}})
+            previews[k] = len(set(shown))
         except BaseException as exc:  # reported after the round
             errors.append(exc)
 
@@ -79,6 +130,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3, help="rounds per N (figures are medians over them)")
     p.add_argument("--preview", default="x1", choices=["x1", "x1-fast", "zt"], help="the page's default is x1")
+    p.add_argument("--client", default="http", choices=sorted(CLIENTS),
+                   help="http: Gradio's REST route on one keep-alive connection (default); gradio: gradio_client")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-batching", action="store_true", help="each generation runs its own forwards")
     p.add_argument("--compare", action="store_true", help="measure with and without batching, interleaved")
@@ -87,8 +140,6 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    from gradio_client import Client
 
     from tools.serve import serve
 
@@ -104,10 +155,11 @@ def main() -> None:
         with serve(model, gen_concurrency=max(args.clients), device=args.device, dtype=args.dtype) as (url, engine):
             modes = [True, False] if args.compare else [not args.no_batching]
             print(f"model: {label} · {args.device} {args.dtype} · {torch.get_num_threads()} torch thread(s) · "
-                  f"{args.steps} Euler steps, CFG 2, 1 image per request, preview {args.preview} · batching "
+                  f"{args.steps} Euler steps, CFG 2, 1 image per request, preview {args.preview} · {args.client} "
+                  f"clients · batching "
                   f"{' and '.join('on' if m else 'off' for m in modes)} · {args.rounds} round(s), "
                   f"interleaved\n")
-            clients = [Client(url, verbose=False, download_files=False) for _ in range(max(args.clients))]
+            clients = [CLIENTS[args.client](url) for _ in range(max(args.clients))]
             generator = engine.get().generator
             batcher = generator.batcher
             one_round(clients[:1], 3, args.preview, 0)  # warm-up
@@ -155,7 +207,8 @@ def main() -> None:
         with open(args.out, "a") as f:
             for row in rows:
                 f.write(json.dumps({"bench": "serving", "model": label, "threads": torch.get_num_threads(),
-                                    "steps": args.steps, "preview": args.preview, "rounds": args.rounds, **row,
+                                    "steps": args.steps, "preview": args.preview, "client": args.client,
+                                    "rounds": args.rounds, **row,
                                     "device": args.device, "dtype": args.dtype, "load": os.getloadavg()[0],
                                     "cpu": platform.processor() or platform.machine()}) + "\n")
     print("\nimages/s = clients / median wall time of a round (all clients at once, one image each); max / solo = "
