@@ -1,4 +1,6 @@
 from .attention import ATTENTION, float32_attention
 from .janusflow import JanusFlowModel, PromptState
+from .matvec import MatVecLinear, fast_matvec, use_matvec
 
-__all__ = ["ATTENTION", "JanusFlowModel", "PromptState", "float32_attention"]
+__all__ = ["ATTENTION", "JanusFlowModel", "MatVecLinear", "PromptState", "fast_matvec", "float32_attention",
+           "use_matvec"]

@@ -4,14 +4,16 @@ The LLM decodes with transformers' ``generate`` (KV cache, greedy or temperature
 the image-filled input embeddings; a streamer hands out text pieces as they are decoded and a stop
 event ends generation within one token.
 
-The fast decode path (``fast_decode=True``; the default on CUDA, off on the CPU, where it was not measured
-faster: docs/benchmarks.md) runs the attention of bf16/fp16 models on the CPU in float32
-(:mod:`janusflow_core.modeling.attention`), and on CUDA keeps the keys and values in a static cache
-(preallocated for prompt + answer), which lets transformers compile the decode step with CUDA graphs
-(``torch.compile(mode="reduce-overhead")``). ``fast_decode=False`` is transformers' default decode (dynamic
-cache, the attention in the model's dtype). In float32 both give the same tokens; in bf16 the attention
-output may round differently in its last bit, so a near-tie between two tokens can go the other way
-(tests/test_fast_paths.py pins the tokens and bounds the logits). docs/benchmarks.md has the speed.
+The fast decode path (``fast_decode=True``, the default) changes nothing for float32 models on the CPU. For
+bf16/fp16 models on the CPU it runs the attention in float32 (:mod:`janusflow_core.modeling.attention`) and,
+for bf16, the one-row matrix-vector products through an AVX2 kernel (:mod:`janusflow_core.modeling.matvec`):
+1.3x the tokens/s of transformers' decode on the 1.3B architecture (docs/benchmarks.md). On CUDA it keeps the
+keys and values in a static cache (preallocated for prompt + answer), which lets transformers compile the
+decode step with CUDA graphs (``torch.compile(mode="reduce-overhead")``). ``fast_decode=False`` is
+transformers' default decode (dynamic cache, the attention and products in the model's dtype). In float32
+both give the same tokens; in bf16 the fast path rounds differently in the last bit (and closer to the float32
+model), so a near-tie between two tokens can go the other way (tests/test_fast_paths.py and
+tests/test_matvec.py pin the tokens and bound the logits).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from transformers import (
 
 from .. import limits
 from ..bundle import JanusFlowBundle
-from ..modeling import float32_attention
+from ..modeling import fast_matvec, float32_attention, use_matvec
 from ..processing import BatchedInputs
 
 Message = Mapping[str, Any]
@@ -99,17 +101,19 @@ def decode(model: Any, embeds: torch.Tensor, attention_mask: torch.Tensor, max_n
            fast_decode: bool | None = None, static_cache: bool | None = None, **generate_kwargs: Any) -> Any:
     """The LLM's ``generate`` from input embeddings (B, T, D); other keywords go to ``generate``.
 
-    ``fast_decode`` runs bf16/fp16 attention on the CPU in float32 and, with ``static_cache`` (default: on
-    CUDA), keeps the keys and values in a preallocated static cache, which lets transformers compile the
-    decode step with CUDA graphs on CUDA (module docstring). ``fast_decode=False``: transformers' default;
-    None: fast on CUDA only.
+    ``fast_decode`` runs bf16/fp16 attention on the CPU in float32, bf16 one-row products on the CPU through
+    the AVX2 kernel and, with ``static_cache`` (default: on CUDA), keeps the keys and values in a preallocated
+    static cache, which lets transformers compile the decode step with CUDA graphs on CUDA (module
+    docstring). ``fast_decode=False``: transformers' default; None: fast.
     """
     lm = model.language_model
     if fast_decode is None:
-        fast_decode = model.device.type == "cuda"
+        fast_decode = True
     if static_cache is None:
         static_cache = model.device.type == "cuda"
-    with torch.inference_mode(), float32_attention(fast_decode):
+    if fast_decode and model.device.type == "cpu" and model.dtype == torch.bfloat16:
+        use_matvec(lm)  # once per model: its bf16 matrix-vector products take the AVX2 kernel (modeling/matvec.py)
+    with torch.inference_mode(), float32_attention(fast_decode), fast_matvec(fast_decode):
         cache = None
         if fast_decode and static_cache:
             length = static_cache_length(embeds.shape[1], max_new_tokens, model.device,
@@ -123,9 +127,8 @@ def generate_tokens(bundle: JanusFlowBundle, batch: BatchedInputs, max_new_token
                     top_p: float = 1.0, streamer: Any = None, stop_event: threading.Event | None = None,
                     output_scores: bool = False, seed: int | None = None, fast_decode: bool | None = None) -> Any:
     """Run the LLM's ``generate`` on a processed batch: greedy when temperature is 0, else temperature +
-    top-p sampling from a generator of this call's own (seeded with ``seed``). ``fast_decode``: the static
-    cache and float32 CPU attention of the module docstring (None: on CUDA only); False is transformers'
-    default decode."""
+    top-p sampling from a generator of this call's own (seeded with ``seed``). ``fast_decode``: the fast path
+    of the module docstring (None: fast); False is transformers' default decode."""
     model, special = bundle.model, bundle.processor.special_tokens
     batch = batch.to(model.device)
     with torch.inference_mode():
@@ -154,14 +157,17 @@ def check_chat_inputs(max_new_tokens: int, temperature: float, top_p: float,
 
 class ChatPipeline:
     def __init__(self, bundle: JanusFlowBundle, fast_decode: bool | None = None):
-        """``fast_decode``: decode with the static cache / float32 CPU attention (see the module docstring);
-        False gives transformers' default decode; None (default): fast on CUDA only."""
+        """``fast_decode``: decode through the fast path (the module docstring); False gives transformers'
+        default decode; None (default): fast. A bf16 model on the CPU starts building the matrix-vector
+        kernel here, in the background, so that it is ready by the first answer."""
         if bundle.processor is None:
             raise ValueError("chat needs a processor (tokenizer + image settings); load the bundle with one")
         self.bundle = bundle
         self.processor = bundle.processor
         self.model = bundle.model
         self.fast_decode = fast_decode
+        if fast_decode is not False and self.model.device.type == "cpu" and self.model.dtype == torch.bfloat16:
+            use_matvec(self.model.language_model)
 
     def _context_limit(self) -> int:
         return self.bundle.config.llm.max_position_embeddings
