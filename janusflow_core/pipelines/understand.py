@@ -7,7 +7,7 @@ event ends generation within one token.
 The fast decode path (``fast_decode=True``, the default) changes nothing for float32 models on the CPU. For
 bf16/fp16 models on the CPU it runs the attention in float32 (:mod:`janusflow_core.modeling.attention`) and,
 for bf16, the one-row matrix-vector products through an AVX2 kernel (:mod:`janusflow_core.modeling.matvec`):
-1.3x the tokens/s of transformers' decode on the 1.3B architecture (docs/benchmarks.md). On CUDA it keeps the
+1.4x the tokens/s of transformers' decode on the 1.3B architecture (docs/benchmarks.md). On CUDA it keeps the
 keys and values in a static cache (preallocated for prompt + answer), which lets transformers compile the
 decode step with CUDA graphs (``torch.compile(mode="reduce-overhead")``). ``fast_decode=False`` is
 transformers' default decode (dynamic cache, the attention and products in the model's dtype). In float32
