@@ -208,11 +208,15 @@ class MatVecLinear(nn.Linear):
 
 def use_matvec(module: nn.Module) -> int:
     """Turn ``module``'s plain ``nn.Linear`` layers into ``MatVecLinear`` (in place; the parameters are
-    untouched) and start building the kernel; returns how many layers changed."""
+    untouched) and start building the kernel; returns how many layers changed. A module already turned is
+    not walked again (``decode`` calls this for every answer)."""
+    if getattr(module, "_janusflow_matvec", False):
+        return 0
     changed = 0
     for sub in module.modules():
         if type(sub) is nn.Linear:
             sub.__class__ = MatVecLinear
             changed += 1
+    module._janusflow_matvec = True
     kernel(wait=False)
     return changed
